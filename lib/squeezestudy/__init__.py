@@ -1,0 +1,3 @@
+"""squeezestudy: the library behind the SqueezeNet study notebooks."""
+
+__version__ = "0.1.0"

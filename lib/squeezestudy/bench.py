@@ -1,0 +1,329 @@
+"""Training throughput: the usual torchvision pipeline against this project's, on one machine.
+
+For each model: images/s of the naive pipeline (torchvision `FashionMNIST` + `ToTensor`
+(+ `Resize`) + `DataLoader`, fp32, as a user would write it), images/s of the project's
+pipeline at its defaults and at every setting tried, the ratio, and the achieved training
+FLOP/s (one step counted with `torch.utils.flop_counter`) over the matmul peak measured in
+the same run at the same precision. Warm-up steps are excluded; each figure is the median
+of several timed repeats. Writes outputs/benchmarks/throughput.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data as fmnist
+from .device import bf16_supported, pick_device, resolve_precision, synchronize
+from .models import spec
+from .train import REPO_ROOT, TrainConfig, build_model, make_optimizer, train_step
+
+OUT_DIR = REPO_ROOT / "outputs" / "benchmarks"
+DEFAULT_MODELS = ("squeezenet_fmnist", "lenet", "alexnet", "squeezenet1_0")
+DEFAULT_BATCH = {"squeezenet_fmnist": 256, "lenet": 256, "alexnet": 128, "squeezenet1_0": 32}
+
+
+@dataclass
+class Setting:
+    precision: str
+    channels_last: bool
+    batch_size: int
+    compile: bool = False
+    threads: int | None = None
+    label: str = ""
+
+    def describe(self) -> dict:
+        return {"precision": self.precision, "channels_last": self.channels_last,
+                "batch_size": self.batch_size, "compile": self.compile,
+                "threads": self.threads or torch.get_num_threads()}
+
+
+@dataclass
+class Record:
+    model: str
+    pipeline: str  # naive | project
+    precision: str
+    settings: dict
+    images_per_s: float
+    ratio_vs_naive: float | None = None
+    fraction_of_peak: float | None = None
+    train_gflop_per_image: float = 0.0
+    repeats: list[float] = field(default_factory=list)
+    label: str = ""
+
+
+def matmul_peak(device: torch.device, precision: str, seconds: float = 1.0, n: int = 2048) -> float:
+    """FLOP/s of an n x n x n matrix product at `precision` (median of 3 timed bursts)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    if device.type == "cuda":
+        n = 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    synchronize(device)
+    rates = []
+    for _ in range(3):
+        count, start = 0, time.perf_counter()
+        while True:
+            a @ b
+            count += 1
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds / 3:
+                break
+        rates.append(2 * n**3 * count / elapsed)
+    return statistics.median(rates)
+
+
+def train_flops_per_image(model: nn.Module, image_size: int, in_channels: int, batch: int = 2) -> float:
+    """Forward + backward FLOPs of one training step, per image (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model.train()
+    x = torch.randn(batch, in_channels, image_size, image_size)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def _time_steps(step, warmup: int, steps: int, repeats: int, batch_size: int,
+                device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        rates.append(steps * batch_size / (time.perf_counter() - start))
+    return rates
+
+
+def _torchvision_root(source: Path) -> Path:
+    """torchvision's FashionMNIST reads unzipped files from <root>/FashionMNIST/raw:
+    give it a temporary copy (the source may be read-only)."""
+    root = Path(tempfile.mkdtemp(prefix="fmnist-naive-"))
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for images, labels, _ in fmnist.FILES.values():
+        for stem in (images, labels):
+            src = source / stem
+            if src.is_file():
+                shutil.copy(src, raw / stem)
+            else:
+                with gzip.open(source / f"{stem}.gz", "rb") as f_in, open(raw / stem, "wb") as f_out:
+                    shutil.copyfileobj(f_in, f_out)
+    return root
+
+
+def naive_throughput(model_name: str, root: Path, device: torch.device, batch_size: int,
+                     warmup: int, steps: int, repeats: int, workers: int) -> list[float]:
+    """The d2l way: PIL images through ToTensor (+ Resize) in a DataLoader, fp32, NCHW."""
+    import torchvision
+    from torchvision import transforms
+
+    image_size = spec(model_name).image_size
+    config = TrainConfig(model=model_name, device=str(device), precision="fp32")
+    tfms = [transforms.ToTensor()]
+    if image_size != 28:
+        tfms.insert(0, transforms.Resize(image_size))
+    dataset = torchvision.datasets.FashionMNIST(str(root), train=True,
+                                                transform=transforms.Compose(tfms))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                         num_workers=workers, drop_last=True)
+    torch.manual_seed(0)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = iter(loader)
+
+    def step():
+        nonlocal batches
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            x, y = next(batches)
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return _time_steps(step, warmup, steps, repeats, batch_size, device)
+
+
+def project_throughput(model_name: str, dataset: fmnist.FashionMNIST, device: torch.device,
+                       setting: Setting, warmup: int, steps: int, repeats: int) -> list[float]:
+    """The project's pipeline: uint8 data on the device, batched preprocessing, `train_step`."""
+    previous_threads = torch.get_num_threads()
+    if setting.threads:
+        torch.set_num_threads(setting.threads)
+    try:
+        config = TrainConfig(model=model_name, device=str(device), precision=setting.precision,
+                             batch_size=setting.batch_size, channels_last=setting.channels_last)
+        mean, std = dataset.mean_std()
+        batches = fmnist.Batches(dataset.train, setting.batch_size, mean=mean, std=std, device=device,
+                                 image_size=config.resolved_image_size(), shuffle=True, drop_last=True,
+                                 channels_last=setting.channels_last)
+        torch.manual_seed(0)
+        model = build_model(config).to(device)
+        if setting.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(model, config)
+        step_model = torch.compile(model) if setting.compile else model
+        stream = iter(batches)
+
+        def step():
+            nonlocal stream
+            try:
+                x, y = next(stream)
+            except StopIteration:
+                stream = iter(batches)
+                x, y = next(stream)
+            train_step(step_model, optimizer, x, y, device, setting.precision)
+
+        return _time_steps(step, warmup + (3 if setting.compile else 0), steps, repeats,
+                           setting.batch_size, device)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def default_setting(model_name: str, device: torch.device) -> Setting:
+    """What `fit` does by default on this device (see train.fit)."""
+    config = TrainConfig(model=model_name, device=str(device))
+    prefer = device.type == "cuda" or model_name in ("alexnet", "squeezenet1_0", "squeezenet1_1")
+    precision = resolve_precision(config.precision, device, prefer_bf16=prefer)
+    return Setting(precision, device.type != "mps", DEFAULT_BATCH[model_name], label="default")
+
+
+def settings_grid(model_name: str, device: torch.device, quick: bool, try_compile: bool) -> list[Setting]:
+    base = default_setting(model_name, device)
+    grid = [base]
+    other = "fp32" if base.precision == "bf16" else "bf16"
+    if other == "fp32" or bf16_supported(device) or device.type == "cpu":
+        grid.append(Setting(other, base.channels_last, base.batch_size, label=other))
+    grid.append(Setting(base.precision, not base.channels_last, base.batch_size,
+                        label="channels_last off" if base.channels_last else "channels_last on"))
+    if quick:
+        return grid
+    for bs in (base.batch_size // 2, base.batch_size * 2):
+        if bs >= 8:
+            grid.append(Setting(base.precision, base.channels_last, bs, label=f"batch {bs}"))
+    if try_compile:
+        grid.append(Setting(base.precision, base.channels_last, base.batch_size, compile=True,
+                            label="torch.compile"))
+    if device.type == "cpu" and torch.get_num_threads() > 1:
+        grid.append(Setting(base.precision, base.channels_last, base.batch_size, threads=1,
+                            label="1 thread"))
+    return grid
+
+
+def run(models: list[str], steps: int, repeats: int, warmup: int, quick: bool, try_compile: bool,
+        device_name: str = "auto", data_dir: str | None = None, workers: int = 0,
+        echo=print) -> tuple[list[Record], dict[str, float]]:
+    device = pick_device(device_name)
+    dataset = fmnist.load(data_dir)
+    root = _torchvision_root(dataset.source)
+    peaks = {p: matmul_peak(device, p) for p in ("fp32", "bf16")}
+    echo(f"matmul peak on {device}: fp32 {peaks['fp32'] / 1e9:,.0f} GFLOP/s, "
+         f"bf16 {peaks['bf16'] / 1e9:,.0f} GFLOP/s")
+    records: list[Record] = []
+    try:
+        for name in models:
+            few = name in ("alexnet", "squeezenet1_0") and device.type == "cpu"
+            n_steps = max(1, steps // 4) if few else steps
+            batch = DEFAULT_BATCH[name]
+            config = TrainConfig(model=name)
+            flops = train_flops_per_image(build_model(config), config.resolved_image_size(), 1)
+            rates = naive_throughput(name, root, device, batch, warmup, n_steps, repeats, workers)
+            naive = Record(name, "naive", "fp32", {"batch_size": batch, "channels_last": False,
+                           "compile": False, "threads": torch.get_num_threads(),
+                           "workers": workers}, statistics.median(rates), 1.0,
+                           flops * statistics.median(rates) / peaks["fp32"], flops / 1e9, rates,
+                           "torchvision DataLoader")
+            records.append(naive)
+            echo(_line(naive))
+            for setting in settings_grid(name, device, quick, try_compile):
+                rates = project_throughput(name, dataset, device, setting, warmup, n_steps, repeats)
+                ips = statistics.median(rates)
+                rec = Record(name, "project", setting.precision, setting.describe(), ips,
+                             ips / naive.images_per_s, flops * ips / peaks[setting.precision],
+                             flops / 1e9, rates, setting.label)
+                records.append(rec)
+                echo(_line(rec))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return records, peaks
+
+
+def _line(r: Record) -> str:
+    return (f"{r.model:18s} {r.pipeline:8s} {r.label:22s} {r.images_per_s:10,.0f} img/s  "
+            f"x{r.ratio_vs_naive:5.2f}  {100 * r.fraction_of_peak:5.1f}% of peak")
+
+
+def markdown(records: list[Record], meta: dict) -> str:
+    lines = [f"Training throughput on {meta['device_name']} ({meta['device']}), torch {meta['torch']}; "
+             f"matmul peak fp32 {meta['peak_gflops']['fp32']:,.0f} GFLOP/s, "
+             f"bf16 {meta['peak_gflops']['bf16']:,.0f} GFLOP/s.", "",
+             "| model | pipeline | setting | precision | batch | images/s | x naive | % of peak |",
+             "|---|---|---|---|---|---:|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r.model} | {r.pipeline} | {r.label} | {r.precision} | "
+                     f"{r.settings['batch_size']} | {r.images_per_s:,.0f} | {r.ratio_vs_naive:.2f} | "
+                     f"{100 * r.fraction_of_peak:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--steps", type=int, default=20, help="timed steps per repeat (alexnet and "
+                   "squeezenet1_0 on CPU use a quarter)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="defaults, precision and layout only")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile setting")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the naive pipeline")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", default=str(OUT_DIR))
+
+
+def main(args: argparse.Namespace) -> int:
+    for name in args.models:
+        if name not in DEFAULT_BATCH:
+            raise ValueError(f"bench knows {', '.join(DEFAULT_BATCH)}; got {name!r}")
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
+        raise ValueError("--steps and --repeats must be >= 1, --warmup >= 0")
+    records, peaks = run(args.models, args.steps, args.repeats, args.warmup, args.quick,
+                  not args.no_compile, args.device, args.data_dir, args.workers)
+    device = pick_device(args.device)
+    meta = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else
+            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"{torch.backends.cpu.get_cpu_capability()}",
+            "peak_gflops": {p: v / 1e9 for p, v in peaks.items()},
+            "steps": args.steps, "repeats": args.repeats}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "records": [r.__dict__ for r in records]}
+    (out / "throughput.json").write_text(json.dumps(payload, indent=2) + "\n")
+    table = markdown(records, meta)
+    (out / "throughput.md").write_text(table)
+    print()
+    print(table)
+    return 0

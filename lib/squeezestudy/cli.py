@@ -1,0 +1,119 @@
+"""Command line: `squeezestudy data | train | batch | bench`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_data(args) -> int:
+    from . import data
+
+    ds = data.load(args.dir)
+    mean, std = ds.mean_std()
+    print(f"Fashion-MNIST from {ds.source}")
+    print(f"  train {len(ds.train):,}  val {len(ds.val):,}  test {len(ds.test):,}")
+    print(f"  SHA-256 verified: {', '.join(ds.verified) or 'no SHA256SUMS file next to the data'}")
+    print(f"  train mean {mean:.4f}  std {std:.4f}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .train import RUNS_DIR, TrainConfig, fit
+
+    config = TrainConfig(
+        model=args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+        label_smoothing=args.label_smoothing, augment=args.augment, seed=args.seed,
+        device=args.device, precision=args.precision, compile=args.compile,
+        train_subset=args.train_subset, model_kwargs=json.loads(args.model_kwargs),
+    )
+    out = Path(args.out) if args.out else RUNS_DIR / (args.name or f"{args.model}-s{args.seed}")
+    result = fit(config, out_dir=out, resume=args.resume, quiet=args.quiet, data_dir=args.data_dir)
+    m = result.metrics
+    print(f"{m['model']}: test {m['test_acc']:.4f}  val {m['val_acc']:.4f}  "
+          f"{m['train_time_s']:.0f}s  {m['images_per_s']:,.0f} img/s  -> {out}")
+    return 0
+
+
+def _cmd_batch(args) -> int:
+    from .batch import run_batch, summary_table
+
+    outcomes = run_batch(args.profile, only=args.only, force=args.force, jobs=args.jobs,
+                         manifest_path=args.manifest, kernel=args.kernel, dry_run=args.dry_run)
+    print()
+    print(summary_table(outcomes))
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="squeezestudy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="find (or download) Fashion-MNIST and check it")
+    p.add_argument("--dir", help="directory holding the four IDX files")
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("train", help="train one model without a notebook")
+    p.add_argument("--model", default="squeezenet_fmnist")
+    p.add_argument("--model-kwargs", default="{}", help="JSON object passed to the model builder")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--optimizer", default="adamw")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", default="onecycle")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--augment", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--train-subset", type=int)
+    p.add_argument("--data-dir")
+    p.add_argument("--name", help="run name under outputs/runs/ (default: <model>-s<seed>)")
+    p.add_argument("--out", help="run directory (overrides --name)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("batch", help="run a profile of the manifest through papermill")
+    p.add_argument("--profile", default="full")
+    p.add_argument("--only", nargs="+", help="run names (or prefixes) to run")
+    p.add_argument("--force", action="store_true", help="re-run runs that are already done")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks executed in parallel")
+    p.add_argument("--manifest", default=str(Path(__file__).resolve().parents[2] / "runs.yaml"))
+    p.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
+    p.add_argument("--dry-run", action="store_true", help="validate and list, run nothing")
+    p.set_defaults(func=_cmd_batch)
+
+    p = sub.add_parser("bench", help="training throughput: naive pipeline vs this project's")
+    from .bench import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

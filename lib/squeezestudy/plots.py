@@ -1,0 +1,133 @@
+"""Seaborn figures for the notebooks: samples, curves, confusion matrices, comparisons."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+
+from .data import CLASSES
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 10,
+               size: float = 1.2, path: str | Path | None = None) -> plt.Figure:
+    """uint8 [N, 28, 28] images in a grid, optional title per image."""
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ax in enumerate(axes.flat[:n]):
+        ax.imshow(images[i].numpy(), cmap="gray_r", vmin=0, vmax=255)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def samples_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int = 8,
+                      path: str | Path | None = None) -> plt.Figure:
+    """A grid with one row per class: the first `per_class` images of each."""
+    rows = [images[labels == c][:per_class] for c in range(len(CLASSES))]
+    fig, axes = plt.subplots(len(CLASSES), per_class, figsize=(per_class * 1.0, len(CLASSES) * 1.05))
+    for c, row in enumerate(rows):
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.imshow(row[j].numpy(), cmap="gray_r", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(CLASSES[c], rotation=0, ha="right", va="center", fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def training_curves(history: pd.DataFrame, hue: str | None = None, title: str | None = None,
+                    path: str | Path | None = None) -> plt.Figure:
+    """Loss, train accuracy and test accuracy per epoch (the note's three panels).
+    With `hue`, one line per value of that column (mean and spread over seeds)."""
+    panels = [("train_loss", "train loss"), ("train_acc", "train accuracy"),
+              ("test_acc", "test accuracy")]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        sns.lineplot(data=history, x="epoch", y=column, hue=hue, ax=ax, marker="o", markersize=3,
+                     errorbar=("pi", 100) if hue else None, legend=ax is axes[-1])
+        ax.set_title(label)
+        ax.set_ylabel("")
+    if hue:
+        sns.move_legend(axes[-1], "lower right", title=None)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def confusion_heatmap(cm: torch.Tensor, title: str = "", normalise: bool = True,
+                      path: str | Path | None = None) -> plt.Figure:
+    values = cm.float() / cm.sum(1, keepdim=True).clamp(min=1) if normalise else cm
+    fig, ax = plt.subplots(figsize=(7.5, 6.2))
+    sns.heatmap(pd.DataFrame(values.numpy(), index=CLASSES, columns=CLASSES), annot=True,
+                fmt=".2f" if normalise else "d", cmap="Blues", cbar=False, ax=ax,
+                annot_kws={"fontsize": 7})
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or ("confusion matrix (rows sum to 1)" if normalise else "confusion matrix"))
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def accuracy_vs_params(table: pd.DataFrame, x: str = "params", y: str = "test_acc",
+                       hue: str = "model", path: str | Path | None = None,
+                       title: str = "test accuracy against parameters") -> plt.Figure:
+    """One point per run, log x axis."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.scatterplot(data=table, x=x, y=y, hue=hue, s=70, ax=ax)
+    means = table.groupby(hue)[[x, y]].mean()
+    for name, row in means.iterrows():
+        ax.annotate(str(name), (row[x], row[y]), textcoords="offset points", xytext=(6, 6),
+                    fontsize=9)
+    ax.set_xscale("log")
+    ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def bar(table: pd.DataFrame, x: str, y: str, title: str = "", log: bool = False,
+        path: str | Path | None = None) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    sns.barplot(data=table, x=x, y=y, ax=ax)
+    if log:
+        ax.set_yscale("log")
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.3g", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def pixel_histogram(images: torch.Tensor, labels: torch.Tensor,
+                    path: str | Path | None = None) -> plt.Figure:
+    """Per-class mean intensity distributions."""
+    frame = pd.DataFrame({"mean pixel": images.float().mean((1, 2)).numpy() / 255,
+                          "class": np.array(CLASSES)[labels.numpy()]})
+    fig, ax = plt.subplots(figsize=(9, 4))
+    sns.boxplot(data=frame, x="class", y="mean pixel", ax=ax, fliersize=1)
+    ax.tick_params(axis="x", rotation=30)
+    ax.set_title("mean pixel value per image, by class")
+    fig.tight_layout()
+    return save(fig, path)

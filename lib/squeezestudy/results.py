@@ -1,0 +1,64 @@
+"""Reading finished runs back: one table row per run, histories, and the comparison table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .summary import size_mb
+from .train import RUNS_DIR
+
+
+def collect_runs(runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
+    """One row per finished run (a directory with metrics.json), sorted by run name."""
+    rows = []
+    for metrics_file in sorted(Path(runs_dir).glob("*/metrics.json")):
+        m = json.loads(metrics_file.read_text())
+        rows.append({
+            "run": metrics_file.parent.name, "model": m["model"], "seed": m["seed"],
+            "precision": m["precision"], "device": m["device"], "epochs": m["epochs"],
+            "params": m["params"], "test_acc": m["test_acc"], "val_acc": m["val_acc"],
+            "train_acc": m["train_acc"], "train_time_s": m["train_time_s"],
+            "images_per_s": m["images_per_s"], "device_name": m.get("device_name", m["device"]),
+            "augment": m["config"].get("augment", False),
+        })
+    if not rows:
+        raise FileNotFoundError(f"no finished runs (*/metrics.json) in {runs_dir}; run the batch first")
+    return pd.DataFrame(rows)
+
+
+def collect_histories(runs: pd.DataFrame, runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
+    frames = []
+    for _, row in runs.iterrows():
+        h = pd.read_csv(Path(runs_dir) / row["run"] / "history.csv")
+        h.insert(0, "run", row["run"])
+        h.insert(1, "model", row["model"])
+        h.insert(2, "seed", row["seed"])
+        h.insert(3, "precision", row["precision"])
+        frames.append(h)
+    return pd.concat(frames, ignore_index=True)
+
+
+def comparison_table(runs: pd.DataFrame, mult_adds: dict[str, int] | None = None,
+                     by: tuple[str, ...] = ("model",)) -> pd.DataFrame:
+    """Per model: parameters, size, multiply-adds, test accuracy mean +- std over seeds,
+    training time and throughput."""
+    grouped = runs.groupby(list(by), sort=False)
+    table = pd.DataFrame({
+        "params": grouped["params"].first(),
+        "size_MB_fp32": grouped["params"].first().map(lambda p: round(size_mb(p), 3)),
+        "seeds": grouped["seed"].nunique(),
+        "epochs": grouped["epochs"].first(),
+        "test_acc_mean": grouped["test_acc"].mean().round(4),
+        "test_acc_std": grouped["test_acc"].std(ddof=1).fillna(0).round(4),
+        "val_acc_mean": grouped["val_acc"].mean().round(4),
+        "train_min": (grouped["train_time_s"].mean() / 60).round(1),
+        "images_per_s": grouped["images_per_s"].median().round(0).astype(int),
+        "device": grouped["device_name"].first(),
+    })
+    if mult_adds is not None:
+        table.insert(2, "mult_adds_M", [round(mult_adds[m] / 1e6, 2)
+                                        for m in table.index.get_level_values("model")])
+    return table

@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+from squeezestudy import models
+from squeezestudy.train import NonFiniteLossError, TrainConfig, fit, lr_factor
+from torch import nn
+
+FAST = {"model": "lenet", "batch_size": 100, "device": "cpu", "precision": "fp32", "lr": 3e-3}
+
+
+def test_short_run_beats_chance(small_fashion_mnist, tmp_path):
+    result = fit(TrainConfig(**FAST, epochs=3), small_fashion_mnist, out_dir=tmp_path, quiet=True)
+    assert result.metrics["test_acc"] > 0.6  # chance is 0.1
+    assert result.history["train_loss"].iloc[-1] < result.history["train_loss"].iloc[0]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("model", "params", "epochs", "seed", "precision", "device", "test_acc", "val_acc",
+                "train_time_s", "images_per_s", "versions"):
+        assert key in metrics
+    assert metrics["params"] == 44_426 and metrics["versions"]["torch"] == torch.__version__
+    assert (tmp_path / "history.csv").read_text().count("\n") == 4
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_same_seed_same_numbers(small_fashion_mnist):
+    cfg = TrainConfig(**{**FAST, "model": "squeezenet_fmnist"}, epochs=1, augment=True, seed=3)
+    a = fit(cfg, small_fashion_mnist, quiet=True)
+    b = fit(cfg, small_fashion_mnist, quiet=True)
+    cols = ["train_loss", "train_acc", "val_loss", "val_acc", "test_acc"]
+    assert a.history[cols].equals(b.history[cols])
+    c = fit(TrainConfig(**{**FAST, "model": "squeezenet_fmnist"}, epochs=1, augment=True, seed=4),
+            small_fashion_mnist, quiet=True)
+    assert not a.history[cols].equals(c.history[cols])
+
+
+def test_resume_ends_with_the_same_weights(small_fashion_mnist, tmp_path, monkeypatch):
+    cfg = TrainConfig(**{**FAST, "model": "squeezenet_fmnist"}, epochs=3, augment=True)
+    straight = fit(cfg, small_fashion_mnist, out_dir=tmp_path / "a", quiet=True)
+
+    # Interrupt a second run in epoch 3 (its 5th evaluation), after epoch 2's checkpoint.
+    import squeezestudy.train as train_module
+    real_evaluate, calls = train_module.evaluate, []
+    def interrupting_evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+    monkeypatch.setattr(train_module, "evaluate", interrupting_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, small_fashion_mnist, out_dir=tmp_path / "b", quiet=True)
+    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["epoch"] == 2
+
+    resumed = fit(cfg, small_fashion_mnist, out_dir=tmp_path / "b", quiet=True, resume=True)
+    for (name, a), b in zip(straight.model.state_dict().items(),
+                            resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert resumed.history["test_acc"].tolist() == straight.history["test_acc"].tolist()
+
+
+def test_nan_loss_stops_with_epoch_step_and_lr(small_fashion_mnist, tmp_path):
+    class Exploding(nn.Module):
+        """LeNet whose output turns NaN from the 5th training step of epoch 2."""
+
+        def __init__(self, **kwargs):
+            super().__init__()
+            self.net = models.lenet(**kwargs)
+            self.calls = 0
+
+        def forward(self, x):
+            if self.training:
+                self.calls += 1
+            out = self.net(x)
+            return out * float("nan") if self.training and self.calls >= 25 else out
+
+    models.register("exploding", models.ModelSpec(Exploding, 28, 1, "test only"))
+    try:
+        cfg = TrainConfig(**{**FAST, "model": "exploding"}, epochs=3)  # 20 steps per epoch
+        with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 5 \(lr .*\).*epoch 1 is kept"):
+            fit(cfg, small_fashion_mnist, out_dir=tmp_path, quiet=True)
+        state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+        assert state["epoch"] == 1 and not (tmp_path / "metrics.json").exists()
+        assert all(torch.isfinite(v).all() for v in state["model"].values())
+    finally:
+        del models.REGISTRY["exploding"]
+
+
+def test_bad_parameters_are_refused():
+    with pytest.raises(models.UnknownModelError, match="known models"):
+        TrainConfig(model="vgg")
+    for bad, match in (({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"optimizer": "lion"}, "optimizer"),
+                       ({"schedule": "step"}, "schedule"), ({"label_smoothing": 1.0}, "label_smoothing")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**bad)
+
+
+def test_resume_refuses_a_different_config(small_fashion_mnist, tmp_path):
+    fit(TrainConfig(**FAST, epochs=1), small_fashion_mnist, out_dir=tmp_path, quiet=True)
+    with pytest.raises(ValueError, match="differs in: lr"):
+        fit(TrainConfig(**{**FAST, "lr": 1e-3}, epochs=1), small_fashion_mnist, out_dir=tmp_path,
+            quiet=True, resume=True)
+
+
+def test_schedules():
+    assert lr_factor(0, 100, "constant", 0.2) == 1.0
+    assert lr_factor(100, 100, "cosine", 0.2) == pytest.approx(0.0)
+    assert lr_factor(20, 100, "onecycle", 0.2) == pytest.approx(1.0)
+    assert lr_factor(0, 100, "onecycle", 0.2) == pytest.approx(0.04)
