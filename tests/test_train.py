@@ -106,3 +106,14 @@ def test_schedules():
     assert lr_factor(100, 100, "cosine", 0.2) == pytest.approx(0.0)
     assert lr_factor(20, 100, "onecycle", 0.2) == pytest.approx(1.0)
     assert lr_factor(0, 100, "onecycle", 0.2) == pytest.approx(0.04)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_defaults_bf16_channels_last(small_fashion_mnist):
+    cfg = TrainConfig(model="squeezenet_fmnist", epochs=3, batch_size=100)
+    result = fit(cfg, small_fashion_mnist, quiet=True)
+    m = result.metrics
+    assert m["device"].startswith("cuda") and m["channels_last"]
+    assert m["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert m["test_acc"] > 0.5
+    assert next(result.model.parameters()).is_cuda

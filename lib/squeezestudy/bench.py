@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -69,6 +70,8 @@ def matmul_peak(device: torch.device, precision: str, seconds: float = 1.0, n: i
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     if device.type == "cuda":
         n = 8192
+    elif precision == "bf16" and not bf16_supported(device):
+        n = 512  # emulated bf16 runs at a few GFLOP/s: a large product would take minutes
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
@@ -297,7 +300,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="defaults, precision and layout only")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile setting")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the naive pipeline")
+    p.add_argument("--workers", type=int, default=min(4, (os.cpu_count() or 1) - 1),
+                   help="DataLoader workers of the naive pipeline (default: d2l's 4, at most cores - 1)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir")
     p.add_argument("--out", default=str(OUT_DIR))
