@@ -124,3 +124,31 @@ def test_registry_errors():
         models.build("lenet", depth=3)
     with pytest.raises(ValueError, match="at least 63x63"):
         models.build("alexnet", image_size=28)
+
+
+def test_metaparameters_rebuild_v1_0():
+    """Section 5: base_e=128, incr_e=128, pct3x3=0.5, freq=2, SR=0.125 is SqueezeNet v1.0."""
+    assert models.fire_sizes()[0] == (16, 64, 64) and models.fire_sizes()[-1] == (64, 256, 256)
+    design = models.build("squeezenet_design", stem="imagenet", num_classes=1000, in_channels=3).eval()
+    v10 = models.build("squeezenet1_0").eval()
+    assert summary.count_parameters(design) == 1_248_424
+    design.load_state_dict(dict(zip(design.state_dict(), v10.state_dict().values(), strict=True)))
+    x = torch.randn(1, 3, 227, 227)
+    with torch.no_grad():
+        assert torch.equal(design(x), v10(x))
+    table = summary.layer_table(design, 227).set_index("layer")
+    assert table.loc["maxpool8", "output"] == "13x13x512"
+
+
+def test_design_for_28x28_and_sweeps():
+    table = summary.layer_table(models.build("squeezenet_design"), 28).set_index("layer")
+    assert table.loc["conv1", "output"] == "28x28x96"
+    assert table.loc["fire9", "output"] == "3x3x512"
+    small_sr = summary.count_parameters(models.build("squeezenet_design", sr=0.125))
+    big_sr = summary.count_parameters(models.build("squeezenet_design", sr=1.0))
+    assert big_sr > 3 * small_sr
+    for pct in (0.01, 0.99):  # extremes of the paper's sweep still build and run
+        out = models.build("squeezenet_design", pct3x3=pct).eval()(torch.randn(2, 1, 28, 28))
+        assert out.shape == (2, 10)
+    with pytest.raises(ValueError, match="pct3x3"):
+        models.fire_sizes(pct3x3=1.5)

@@ -17,6 +17,7 @@ from .squeezenet import (
     squeezenet1_1,
     squeezenet_sketch,
 )
+from .squeezenet_design import SqueezeNetDesign, fire_sizes, squeezenet_design
 from .squeezenet_fmnist import SqueezeNetFashionMNIST, squeezenet_fmnist
 
 
@@ -35,6 +36,8 @@ REGISTRY: dict[str, ModelSpec] = {
     "squeezenet1_0": ModelSpec(squeezenet1_0, 224, 3, "SqueezeNet v1.0 (paper, Table 1)"),
     "squeezenet1_1": ModelSpec(squeezenet1_1, 224, 3, "SqueezeNet v1.1"),
     "squeezenet_sketch": ModelSpec(squeezenet_sketch, 224, 3, "the note's Keras sketch of v1.0"),
+    "squeezenet_design": ModelSpec(squeezenet_design, 28, 1,
+                                   "SqueezeNet from the paper's metaparameters, sized for 28x28"),
 }
 
 
@@ -68,5 +71,5 @@ __all__ = [
     "REGISTRY", "ModelSpec", "UnknownModelError", "build", "spec", "register",
     "Fire", "Bypass", "SqueezeNet", "SqueezeNetFashionMNIST", "LeNet", "AlexNet",
     "squeezenet1_0", "squeezenet1_1", "squeezenet_sketch", "squeezenet_fmnist", "lenet", "alexnet",
-    "load_torchvision_weights",
+    "load_torchvision_weights", "SqueezeNetDesign", "squeezenet_design", "fire_sizes",
 ]  # fmt: skip

@@ -1,0 +1,79 @@
+"""SqueezeNet from the paper's metaparameters (section 5), for the design-space experiments.
+
+Fire module i (i = 0..7, i.e. fire2..fire9) has
+    e_i = base_e + incr_e * floor(i / freq)   expand filters,
+    e_i * pct3x3 of them 3x3 and the rest 1x1,
+    s_i = SR * e_i                            squeeze filters.
+base_e=128, incr_e=128, pct3x3=0.5, freq=2, SR=0.125 is SqueezeNet v1.0.
+
+stem="imagenet" keeps v1.0's conv1 (96 7x7/2) and pooling (after conv1, fire4, fire8), so the
+defaults rebuild v1.0 exactly. stem="fmnist" sizes the network for 28x28 input: conv1 is 96
+3x3/1 filters (padding 1) and the same three 3x3/2 poolings take 28 -> 14 -> 7 -> 3.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .fire import Fire
+from .squeezenet import BYPASS_KINDS, _with_bypass, init_squeezenet
+
+STEMS = {"imagenet": (7, 2, 0), "fmnist": (3, 1, 1)}  # conv1 kernel, stride, padding
+POOL_BEFORE = {0: "maxpool1", 3: "maxpool4", 7: "maxpool8"}  # Fire index -> pool in front of it
+
+
+def fire_sizes(base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5, freq: int = 2,
+               sr: float = 0.125, modules: int = 8) -> list[tuple[int, int, int]]:
+    """(squeeze, expand1x1, expand3x3) of each Fire module."""
+    if not 0 <= pct3x3 <= 1:
+        raise ValueError(f"pct3x3 must be in [0, 1], got {pct3x3}")
+    if sr <= 0 or base_e < 1 or incr_e < 0 or freq < 1 or modules < 1:
+        raise ValueError("need sr > 0, base_e >= 1, incr_e >= 0, freq >= 1, modules >= 1")
+    sizes = []
+    for i in range(modules):
+        e = base_e + incr_e * (i // freq)
+        e3 = round(e * pct3x3)
+        sizes.append((max(1, round(sr * e)), e - e3, e3))
+    return sizes
+
+
+class SqueezeNetDesign(nn.Module):
+    def __init__(self, base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5, freq: int = 2,
+                 sr: float = 0.125, num_classes: int = 10, in_channels: int = 1, stem: str = "fmnist",
+                 bypass: str = "none", dropout: float = 0.5, conv1_filters: int = 96) -> None:
+        super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}; use one of {sorted(STEMS)}")
+        if bypass not in BYPASS_KINDS:
+            raise ValueError(f"unknown bypass {bypass!r}; use one of {BYPASS_KINDS}")
+        self.metaparameters = {"base_e": base_e, "incr_e": incr_e, "pct3x3": pct3x3,
+                               "freq": freq, "sr": sr}
+        kernel, stride, padding = STEMS[stem]
+        layers: list[tuple[str, nn.Module]] = [
+            ("conv1", nn.Conv2d(in_channels, conv1_filters, kernel, stride=stride, padding=padding)),
+            ("relu1", nn.ReLU(inplace=True)),
+        ]
+        channels = conv1_filters
+        for i, (s, e1, e3) in enumerate(fire_sizes(base_e, incr_e, pct3x3, freq, sr)):
+            if i in POOL_BEFORE:
+                layers.append((POOL_BEFORE[i], nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)))
+            layers.append((f"fire{i + 2}", _with_bypass(Fire(channels, s, e1, e3), bypass)))
+            channels = e1 + e3
+        self.features = nn.Sequential(OrderedDict(layers))
+        self.classifier = nn.Sequential(OrderedDict([
+            ("dropout", nn.Dropout(p=dropout)),
+            ("conv10", nn.Conv2d(channels, num_classes, kernel_size=1)),
+            ("relu10", nn.ReLU(inplace=True)),
+            ("avgpool10", nn.AdaptiveAvgPool2d((1, 1))),
+        ]))  # fmt: skip
+        init_squeezenet(self, self.classifier.conv10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def squeezenet_design(**kwargs) -> SqueezeNetDesign:
+    return SqueezeNetDesign(**kwargs)

@@ -1,0 +1,100 @@
+import json
+
+import nbformat
+import pytest
+import yaml
+from squeezestudy.batch import ManifestError, expand, load_manifest, run_batch, summary_table
+from squeezestudy.cli import main
+
+
+def make_notebook(path, body="print(x * 2)"):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("x = 1\nname = 'a'\nrate = 0.5")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def project(tmp_path):
+    make_notebook(tmp_path / "ok.ipynb")
+    make_notebook(tmp_path / "bad.ipynb", body="raise RuntimeError('boom')")
+    manifest = {"profiles": {"p": {"env": {"STUDY_TEST_VAR": "7"}, "runs": [
+        {"name": "good-{seed}", "notebook": "ok.ipynb", "output": "out/{name}.ipynb", "seeds": [0, 1],
+         "parameters": {"x": "{seed}", "rate": 2}},
+        {"name": "broken", "notebook": "bad.ipynb", "output": "out/broken.ipynb"},
+        {"name": "env", "notebook": "ok.ipynb", "output": "out/env.ipynb",
+         "parameters": {"name": "b"}},
+    ]}}}
+    (tmp_path / "runs.yaml").write_text(yaml.safe_dump(manifest))
+    return tmp_path
+
+
+def test_expand_fills_seeds_and_keeps_int_type(project):
+    runs = expand(load_manifest(project / "runs.yaml"), "p", root=project)
+    assert [r.name for r in runs] == ["good-0", "good-1", "broken", "env"]
+    assert runs[1].parameters == {"x": 1, "rate": 2}
+    with pytest.raises(ManifestError, match="unknown profile 'q'; the manifest has p"):
+        expand(load_manifest(project / "runs.yaml"), "q", root=project)
+
+
+def test_unknown_or_mistyped_parameter_runs_nothing(project, monkeypatch):
+    import squeezestudy.batch as batch
+
+    monkeypatch.setattr(batch, "REPO_ROOT", project)
+    manifest = yaml.safe_load((project / "runs.yaml").read_text())
+    manifest["profiles"]["p"]["runs"][0]["parameters"] = {"x": "three", "colour": 1}
+    (project / "runs.yaml").write_text(yaml.safe_dump(manifest))
+    orig_expand = batch.expand
+    monkeypatch.setattr(batch, "expand", lambda m, p: orig_expand(m, p, root=project))
+    with pytest.raises(ManifestError) as err:
+        run_batch("p", manifest_path=project / "runs.yaml", echo=lambda *a: None)
+    message = str(err.value)
+    assert "nothing was run" in message and "'x' is str 'three', the notebook expects int" in message
+    assert "has no parameter 'colour'" in message
+    assert not (project / "out").exists()
+
+
+def test_failure_does_not_stop_the_batch_and_reruns_are_skipped(project, monkeypatch):
+    import squeezestudy.batch as batch
+
+    monkeypatch.setattr(batch, "REPO_ROOT", project)
+    orig_expand = batch.expand
+    monkeypatch.setattr(batch, "expand", lambda m, p: orig_expand(m, p, root=project))
+    lines = []
+    outcomes = run_batch("p", manifest_path=project / "runs.yaml", echo=lines.append)
+    status = {o.run.name: o.status for o in outcomes}
+    assert status == {"good-0": "ok", "good-1": "ok", "broken": "failed", "env": "ok"}
+    failed = next(o for o in outcomes if o.status == "failed")
+    assert "boom" in failed.error
+    executed = json.loads((project / "out" / "good-1.ipynb").read_text())
+    assert executed["cells"][-1]["outputs"][0]["text"] == "2\n"
+    assert "failed" in summary_table(outcomes)
+
+    again = run_batch("p", manifest_path=project / "runs.yaml", echo=lines.append)
+    assert {o.run.name: o.status for o in again} == {
+        "good-0": "skipped", "good-1": "skipped", "broken": "failed", "env": "skipped"}
+
+
+def test_cli_exit_codes(project, monkeypatch, capsys):
+    import squeezestudy.batch as batch
+
+    monkeypatch.setattr(batch, "REPO_ROOT", project)
+    orig_expand = batch.expand
+    monkeypatch.setattr(batch, "expand", lambda m, p: orig_expand(m, p, root=project))
+    assert main(["batch", "--profile", "p", "--manifest", str(project / "runs.yaml"),
+                 "--only", "good", "--jobs", "2"]) == 0
+    assert main(["batch", "--profile", "p", "--manifest", str(project / "runs.yaml")]) == 1
+    assert main(["batch", "--profile", "nope", "--manifest", str(project / "runs.yaml")]) == 2
+    assert "unknown profile" in capsys.readouterr().err
+
+
+def test_the_real_manifest_validates():
+    """Every run of the study's own manifest matches its notebook's parameters cell."""
+    from squeezestudy.batch import MANIFEST, validate
+
+    manifest = load_manifest(MANIFEST)
+    for profile in manifest["profiles"]:
+        validate(expand(manifest, profile))
