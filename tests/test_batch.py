@@ -21,11 +21,12 @@ def make_notebook(path, body="print(x * 2)"):
 def project(tmp_path):
     make_notebook(tmp_path / "ok.ipynb")
     make_notebook(tmp_path / "bad.ipynb", body="raise RuntimeError('boom')")
+    make_notebook(tmp_path / "env.ipynb", body="import os\nprint(os.environ['STUDY_TEST_VAR'], name)")
     manifest = {"profiles": {"p": {"env": {"STUDY_TEST_VAR": "7"}, "runs": [
         {"name": "good-{seed}", "notebook": "ok.ipynb", "output": "out/{name}.ipynb", "seeds": [0, 1],
          "parameters": {"x": "{seed}", "rate": 2}},
         {"name": "broken", "notebook": "bad.ipynb", "output": "out/broken.ipynb"},
-        {"name": "env", "notebook": "ok.ipynb", "output": "out/env.ipynb",
+        {"name": "env", "notebook": "env.ipynb", "output": "out/env.ipynb",
          "parameters": {"name": "b"}},
     ]}}}
     (tmp_path / "runs.yaml").write_text(yaml.safe_dump(manifest))
@@ -60,6 +61,8 @@ def test_unknown_or_mistyped_parameter_runs_nothing(project, monkeypatch):
 def test_failure_does_not_stop_the_batch_and_reruns_are_skipped(project, monkeypatch):
     import squeezestudy.batch as batch
 
+    monkeypatch.delenv("STUDY_TEST_VAR", raising=False)
+
     monkeypatch.setattr(batch, "REPO_ROOT", project)
     orig_expand = batch.expand
     monkeypatch.setattr(batch, "expand", lambda m, p: orig_expand(m, p, root=project))
@@ -70,7 +73,9 @@ def test_failure_does_not_stop_the_batch_and_reruns_are_skipped(project, monkeyp
     failed = next(o for o in outcomes if o.status == "failed")
     assert "boom" in failed.error
     executed = json.loads((project / "out" / "good-1.ipynb").read_text())
-    assert executed["cells"][-1]["outputs"][0]["text"] == "2\n"
+    assert "".join(executed["cells"][-1]["outputs"][0]["text"]) == "2\n"
+    env_nb = json.loads((project / "out" / "env.ipynb").read_text())
+    assert "".join(env_nb["cells"][-1]["outputs"][0]["text"]) == "7 b\n"  # profile env reached it
     assert "failed" in summary_table(outcomes)
 
     again = run_batch("p", manifest_path=project / "runs.yaml", echo=lines.append)

@@ -22,6 +22,8 @@ notebook exists with the same parameters and no error is skipped unless forced;
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
 import os
 import time
@@ -124,7 +126,19 @@ def notebook_parameters(notebook: Path) -> dict[str, str]:
     if not notebook.is_file():
         raise ManifestError(f"notebook {notebook} not found")
     found = papermill.inspect_notebook(str(notebook))
-    return {name: info["inferred_type_name"] for name, info in found.items()}
+    return {name: _declared_type(info) for name, info in found.items()}
+
+
+def _declared_type(info: dict) -> str:
+    """The annotation papermill read (`x: int = 1`), else the type of the default's literal;
+    "None" (accept anything) for a default of None or an expression."""
+    if info.get("inferred_type_name") not in (None, "None"):
+        return info["inferred_type_name"]
+    try:
+        default = ast.literal_eval(info.get("default") or "None")
+    except (ValueError, SyntaxError):
+        return "None"
+    return "None" if default is None else type(default).__name__
 
 
 def validate(runs: list[Run]) -> None:
@@ -190,9 +204,33 @@ def run_batch(profile: str, only: list[str] | None = None, force: bool = False, 
         for r in todo:
             echo(f"would run {r.name}: {r.notebook.name} {r.parameters}")
         return outcomes
-    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    # kernels inherit this process's environment: the profile's variables reach the notebooks
-    os.environ.update({k: str(v) for k, v in (manifest["profiles"][profile].get("env") or {}).items()})
+    # Kernels inherit this process's environment: the profile's variables reach the notebooks.
+    env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1",
+           **{k: str(v) for k, v in (manifest["profiles"][profile].get("env") or {}).items()}}
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # share the cores among parallel kernels: on 2 cores, two 1-thread runs of a
+        # small model train faster together than one 2-thread run
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    with _environment(env):
+        return outcomes + _execute_all(todo, jobs, kernel, echo)
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]):
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _execute_all(todo: list[Run], jobs: int, kernel: str | None, echo) -> list[Outcome]:
+    outcomes: list[Outcome] = []
     total = len(todo)
     done = 0
 
@@ -209,9 +247,6 @@ def run_batch(profile: str, only: list[str] | None = None, force: bool = False, 
             report(outcome)
             outcomes.append(outcome)
     else:
-        # Share the cores among the parallel kernels (they inherit this environment);
-        # on 2 cores, two 1-thread runs train small models faster than one 2-thread run.
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
         def start(run: Run) -> Outcome:
             echo(f"start  {run.name}")
             return execute(run, run.notebook.parent, kernel)
