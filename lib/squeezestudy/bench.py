@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as fmnist
-from .device import bf16_supported, pick_device, resolve_precision, synchronize
+from .device import bf16_supported, pick_device, synchronize
 from .models import spec
-from .train import REPO_ROOT, TrainConfig, build_model, make_optimizer, train_step
+from .train import REPO_ROOT, TrainConfig, build_model, make_optimizer, resolve_defaults, train_step
 
 OUT_DIR = REPO_ROOT / "outputs" / "benchmarks"
 DEFAULT_MODELS = ("squeezenet_fmnist", "lenet", "alexnet", "squeezenet1_0")
@@ -117,6 +117,12 @@ def _time_steps(step, warmup: int, steps: int, repeats: int, batch_size: int,
     return rates
 
 
+def _endless(batches):
+    """Batches of a loader, epoch after epoch."""
+    while True:
+        yield from batches
+
+
 def _torchvision_root(source: Path) -> Path:
     """torchvision's FashionMNIST reads unzipped files from <root>/FashionMNIST/raw:
     give it a temporary copy (the source may be read-only)."""
@@ -152,15 +158,10 @@ def naive_throughput(model_name: str, root: Path, device: torch.device, batch_si
     torch.manual_seed(0)
     model = build_model(config).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    batches = iter(loader)
+    batches = _endless(loader)
 
     def step():
-        nonlocal batches
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
+        x, y = next(batches)
         x, y = x.to(device), y.to(device)
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad()
@@ -189,15 +190,10 @@ def project_throughput(model_name: str, dataset: fmnist.FashionMNIST, device: to
             model = model.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(model, config)
         step_model = torch.compile(model) if setting.compile else model
-        stream = iter(batches)
+        stream = _endless(batches)
 
         def step():
-            nonlocal stream
-            try:
-                x, y = next(stream)
-            except StopIteration:
-                stream = iter(batches)
-                x, y = next(stream)
+            x, y = next(stream)
             train_step(step_model, optimizer, x, y, device, setting.precision)
 
         return _time_steps(step, warmup + (3 if setting.compile else 0), steps, repeats,
@@ -208,10 +204,8 @@ def project_throughput(model_name: str, dataset: fmnist.FashionMNIST, device: to
 
 def default_setting(model_name: str, device: torch.device) -> Setting:
     """What `fit` does by default on this device (see train.fit)."""
-    config = TrainConfig(model=model_name, device=str(device))
-    prefer = device.type == "cuda" or model_name in ("alexnet", "squeezenet1_0", "squeezenet1_1")
-    precision = resolve_precision(config.precision, device, prefer_bf16=prefer)
-    return Setting(precision, device.type != "mps", DEFAULT_BATCH[model_name], label="default")
+    precision, channels_last = resolve_defaults(TrainConfig(model=model_name), device)
+    return Setting(precision, channels_last, DEFAULT_BATCH[model_name], label="default")
 
 
 def settings_grid(model_name: str, device: torch.device, quick: bool, try_compile: bool) -> list[Setting]:

@@ -89,16 +89,21 @@ class SqueezeNet(nn.Module):
             else:
                 layers.append((cfg[0], _with_bypass(Fire(*cfg[1:]), bypass)))
         self.features = nn.Sequential(OrderedDict(layers))
-        self.classifier = nn.Sequential(OrderedDict([
-            ("dropout", nn.Dropout(p=dropout)),
-            ("conv10", nn.Conv2d(512, num_classes, kernel_size=1)),
-            ("relu10", nn.ReLU(inplace=True)),
-            ("avgpool10", nn.AdaptiveAvgPool2d((1, 1))),
-        ]))  # fmt: skip
+        self.classifier = classifier(512, num_classes, dropout)
         init_squeezenet(self, self.classifier.conv10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def classifier(in_channels: int, num_classes: int, dropout: float = 0.5) -> nn.Sequential:
+    """SqueezeNet's head, no fully connected layer: dropout, conv10 (1x1), ReLU, global average pooling."""
+    return nn.Sequential(OrderedDict([
+        ("dropout", nn.Dropout(p=dropout)),
+        ("conv10", nn.Conv2d(in_channels, num_classes, kernel_size=1)),
+        ("relu10", nn.ReLU(inplace=True)),
+        ("avgpool10", nn.AdaptiveAvgPool2d((1, 1))),
+    ]))  # fmt: skip
 
 
 def init_squeezenet(model: nn.Module, final_conv: nn.Conv2d) -> None:

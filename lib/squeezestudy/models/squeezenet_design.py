@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .fire import Fire
-from .squeezenet import BYPASS_KINDS, _with_bypass, init_squeezenet
+from .squeezenet import BYPASS_KINDS, _with_bypass, classifier, init_squeezenet
 
 STEMS = {"imagenet": (7, 2, 0), "fmnist": (3, 1, 1)}  # conv1 kernel, stride, padding
 POOL_BEFORE = {0: "maxpool1", 3: "maxpool4", 7: "maxpool8"}  # Fire index -> pool in front of it
@@ -63,12 +63,7 @@ class SqueezeNetDesign(nn.Module):
             layers.append((f"fire{i + 2}", _with_bypass(Fire(channels, s, e1, e3), bypass)))
             channels = e1 + e3
         self.features = nn.Sequential(OrderedDict(layers))
-        self.classifier = nn.Sequential(OrderedDict([
-            ("dropout", nn.Dropout(p=dropout)),
-            ("conv10", nn.Conv2d(channels, num_classes, kernel_size=1)),
-            ("relu10", nn.ReLU(inplace=True)),
-            ("avgpool10", nn.AdaptiveAvgPool2d((1, 1))),
-        ]))  # fmt: skip
+        self.classifier = classifier(channels, num_classes, dropout)
         init_squeezenet(self, self.classifier.conv10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .fire import Fire
-from .squeezenet import init_squeezenet
+from .squeezenet import classifier, init_squeezenet
 
 
 class SqueezeNetFashionMNIST(nn.Module):
@@ -29,12 +29,7 @@ class SqueezeNetFashionMNIST(nn.Module):
             ("fire2", Fire(96, 16, 64, 64)),
             ("maxpool2", nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)),
         ]))
-        self.classifier = nn.Sequential(OrderedDict([
-            ("dropout", nn.Dropout(p=dropout)),
-            ("conv10", nn.Conv2d(128, num_classes, kernel_size=1)),
-            ("relu10", nn.ReLU(inplace=True)),
-            ("avgpool10", nn.AdaptiveAvgPool2d((1, 1))),
-        ]))  # fmt: skip
+        self.classifier = classifier(128, num_classes, dropout)
         init_squeezenet(self, self.classifier.conv10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
