@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as fmnist
-from .device import bf16_supported, pick_device, synchronize
+from .device import bf16_supported, device_name, pick_device, synchronize
 from .models import spec
 from .train import REPO_ROOT, TrainConfig, build_model, make_optimizer, resolve_defaults, train_step
 
@@ -299,8 +299,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="defaults, precision and layout only")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile setting")
-    p.add_argument("--workers", type=int, default=min(4, (os.cpu_count() or 1) - 1),
-                   help="DataLoader workers of the naive pipeline (default: d2l's 4, at most cores - 1)")
+    cores = os.cpu_count() or 1
+    p.add_argument("--workers", type=int, default=0 if cores <= 2 else 4,
+                   help="DataLoader workers of the naive pipeline (default: d2l's 4; 0 on 2 cores, "
+                   "where a worker process measured slower than none)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir")
     p.add_argument("--out", default=str(OUT_DIR))
@@ -316,9 +318,7 @@ def main(args: argparse.Namespace) -> int:
                   not args.no_compile, args.device, args.data_dir, args.workers)
     device = pick_device(args.device)
     meta = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else
-            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"{torch.backends.cpu.get_cpu_capability()}",
+            "device_name": device_name(device),
             "peak_gflops": {p: v / 1e9 for p, v in peaks.items()},
             "steps": args.steps, "repeats": args.repeats}
     out = Path(args.out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 
 import torch
 
@@ -67,6 +68,16 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def device_name(device: torch.device) -> str:
+    """What the device is, for run records: the GPU's name, or the CPU with its threads and ISA."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        isa = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
+        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {isa})"
+    return device.type
 
 
 def synchronize(device: torch.device) -> None:

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import __version__
 from . import data as fmnist
-from .device import autocast, pick_device, resolve_precision, synchronize
+from .device import autocast, device_name, pick_device, resolve_precision, synchronize
 from .evaluate import evaluate, predict
 from .models import build, spec
 from .summary import count_parameters
@@ -150,14 +150,6 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "python": platform.python_version()}
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return device.type
-
-
 def resolve_defaults(config: TrainConfig, device: torch.device) -> tuple[str, bool]:
     """(precision, channels_last) that `fit` uses for `config` on `device`."""
     # bf16 autocast: on CUDA, and on CPUs with native bf16 for the models with big matmuls
@@ -249,7 +241,7 @@ def fit(
 
     step_model = torch.compile(model) if config.compile else model
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    log(f"{config.model}: {params:,} parameters, {device} ({_device_name(device)}), {precision}, "
+    log(f"{config.model}: {params:,} parameters, {device} ({device_name(device)}), {precision}, "
         f"channels_last={channels_last}, {len(train_split):,} training images at {image_size}x{image_size}"
         + (f", resuming after epoch {start_epoch}" if start_epoch else ""))
 
@@ -318,7 +310,7 @@ def fit(
     last = history[-1]
     metrics = {
         "model": config.model, "params": params, "epochs": config.epochs, "seed": config.seed,
-        "precision": precision, "device": str(device), "device_name": _device_name(device),
+        "precision": precision, "device": str(device), "device_name": device_name(device),
         "channels_last": channels_last, "image_size": image_size,
         "train_images": len(train_split),
         "test_acc": last["test_acc"], "val_acc": last["val_acc"], "train_acc": last["train_acc"],
