@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= full
+JOBS ?= 1
 NBVAL := --nbval-lax --nbval-sanitize-with .nbval-sanitize.cfg
 
 .PHONY: study test lint smoke bench env
@@ -18,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 # Checks the data (downloading it if needed), then runs the notebooks of the profile.
 study: env
 	$(PY) -m squeezestudy.cli data
-	$(PY) -m squeezestudy.cli batch --profile $(PROFILE)
+	$(PY) -m squeezestudy.cli batch --profile $(PROFILE) --jobs $(JOBS)
 
 lint: env
 	$(PY) -m ruff check .
