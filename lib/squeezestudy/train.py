@@ -163,17 +163,18 @@ def resolve_defaults(config: TrainConfig, device: torch.device) -> tuple[str, bo
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                device: torch.device, precision: str, label_smoothing: float = 0.0
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step; returns (loss, logits), both detached. A non-finite loss
-    skips the update, so the weights stay the last good ones."""
+               ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One optimizer step; returns (loss, logits, finite), tensors detached. A non-finite
+    loss skips the update, so the weights stay the last good ones."""
     with autocast(device, precision):
         logits = model(x)
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-    if torch.isfinite(loss):
+    finite = bool(torch.isfinite(loss))  # the one host sync of a step
+    if finite:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return loss.detach(), logits.detach()
+    return loss.detach(), logits.detach(), finite
 
 
 def fit(
@@ -263,9 +264,9 @@ def fit(
         try:
             for step, (x, y) in enumerate(train_batches):
                 lr_now = scheduler.get_last_lr()[0]
-                loss, logits = train_step(step_model, optimizer, x, y, device, precision,
-                                          config.label_smoothing)
-                if not torch.isfinite(loss):
+                loss, logits, finite = train_step(step_model, optimizer, x, y, device, precision,
+                                                  config.label_smoothing)
+                if not finite:
                     raise NonFiniteLossError(
                         f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
                         f"(lr {lr_now:.3g}); the checkpoint of epoch {epoch} "
