@@ -22,11 +22,22 @@ def collect_runs(runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
             "params": m["params"], "test_acc": m["test_acc"], "val_acc": m["val_acc"],
             "train_acc": m["train_acc"], "train_time_s": m["train_time_s"],
             "images_per_s": m["images_per_s"], "device_name": m.get("device_name", m["device"]),
-            "augment": m["config"].get("augment", False),
+            "augment": m["config"].get("augment", False), "config": m["config"],
         })
     if not rows:
         raise FileNotFoundError(f"no finished runs (*/metrics.json) in {runs_dir}; run the batch first")
     return pd.DataFrame(rows)
+
+
+def describe_recipe(config: dict) -> str:
+    """A training config in one short line: `lr 0.01, wd 0.0005, 30 ep, bs 256, aug`."""
+    text = (f"{config['optimizer']} lr {config['lr']}, wd {config['weight_decay']}, "
+            f"{config['epochs']} ep, bs {config['batch_size']}")
+    if config.get("augment"):
+        text += ", aug"
+    if config.get("label_smoothing"):
+        text += f", ls {config['label_smoothing']}"
+    return text
 
 
 def collect_histories(runs: pd.DataFrame, runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
