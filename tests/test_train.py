@@ -117,3 +117,31 @@ def test_cuda_defaults_bf16_channels_last(small_fashion_mnist):
     assert m["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     assert m["test_acc"] > 0.5
     assert next(result.model.parameters()).is_cuda
+
+
+def test_micro_batches_give_the_same_update(small_fashion_mnist):
+    """Gradients accumulated over micro-batches equal the whole batch's (no dropout in LeNet)."""
+    from squeezestudy.train import build_model, make_optimizer, train_step
+
+    cfg = TrainConfig(model="lenet", optimizer="sgd", lr=0.1, device="cpu", precision="fp32")
+    x = torch.randn(96, 1, 28, 28)
+    y = small_fashion_mnist.train.labels[:96]
+    results = []
+    for micro in (0, 32, 40):  # whole, 3 equal chunks, 3 unequal chunks (40, 40, 16)
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        loss, logits, finite = train_step(model, make_optimizer(model, cfg), x, y,
+                                          torch.device("cpu"), "fp32", micro_batch=micro)
+        assert finite and logits.shape == (96, 10)
+        results.append((loss, [p.detach().clone() for p in model.parameters()]))
+    for loss, params in results[1:]:
+        assert torch.allclose(loss, results[0][0], atol=1e-5)
+        for a, b in zip(params, results[0][1], strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_runs_made_before_a_config_field_existed_still_match():
+    stored = TrainConfig(model="lenet").to_dict()
+    del stored["micro_batch"]  # as written by runs that predate the field
+    assert TrainConfig(model="lenet").same_as(stored)
+    assert not TrainConfig(model="lenet", micro_batch=64).same_as(stored)

@@ -11,6 +11,7 @@ of several timed repeats. Writes outputs/benchmarks/throughput.json and .md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import os
@@ -41,14 +42,15 @@ class Setting:
     precision: str
     channels_last: bool
     batch_size: int
+    micro_batch: int = 0
     compile: bool = False
     threads: int | None = None
     label: str = ""
 
     def describe(self) -> dict:
         return {"precision": self.precision, "channels_last": self.channels_last,
-                "batch_size": self.batch_size, "compile": self.compile,
-                "threads": self.threads or torch.get_num_threads()}
+                "batch_size": self.batch_size, "micro_batch": self.micro_batch,
+                "compile": self.compile, "threads": self.threads or torch.get_num_threads()}
 
 
 @dataclass
@@ -194,7 +196,8 @@ def project_throughput(model_name: str, dataset: fmnist.FashionMNIST, device: to
 
         def step():
             x, y = next(stream)
-            train_step(step_model, optimizer, x, y, device, setting.precision)
+            train_step(step_model, optimizer, x, y, device, setting.precision,
+                       micro_batch=setting.micro_batch)
 
         return _time_steps(step, warmup + (3 if setting.compile else 0), steps, repeats,
                            setting.batch_size, device)
@@ -204,29 +207,35 @@ def project_throughput(model_name: str, dataset: fmnist.FashionMNIST, device: to
 
 def default_setting(model_name: str, device: torch.device) -> Setting:
     """What `fit` does by default on this device (see train.fit)."""
-    precision, channels_last = resolve_defaults(TrainConfig(model=model_name), device)
-    return Setting(precision, channels_last, DEFAULT_BATCH[model_name], label="default")
+    precision, channels_last, micro_batch = resolve_defaults(TrainConfig(model=model_name), device)
+    return Setting(precision, channels_last, DEFAULT_BATCH[model_name], micro_batch, label="default")
 
 
 def settings_grid(model_name: str, device: torch.device, quick: bool, try_compile: bool) -> list[Setting]:
     base = default_setting(model_name, device)
     grid = [base]
+
+    def vary(label: str, **changes) -> None:
+        grid.append(dataclasses.replace(base, label=label, **changes))
+
     other = "fp32" if base.precision == "bf16" else "bf16"
     if other == "fp32" or bf16_supported(device) or device.type == "cpu":
-        grid.append(Setting(other, base.channels_last, base.batch_size, label=other))
-    grid.append(Setting(base.precision, not base.channels_last, base.batch_size,
-                        label="channels_last off" if base.channels_last else "channels_last on"))
+        vary(other, precision=other)
+    vary("channels_last off" if base.channels_last else "channels_last on",
+         channels_last=not base.channels_last)
+    if base.micro_batch:
+        vary("micro-batch off", micro_batch=0)
+    else:
+        vary(f"micro-batch {base.batch_size // 2}", micro_batch=base.batch_size // 2)
     if quick:
         return grid
     for bs in (base.batch_size // 2, base.batch_size * 2):
         if bs >= 8:
-            grid.append(Setting(base.precision, base.channels_last, bs, label=f"batch {bs}"))
+            vary(f"batch {bs}", batch_size=bs, micro_batch=0)
     if try_compile:
-        grid.append(Setting(base.precision, base.channels_last, base.batch_size, compile=True,
-                            label="torch.compile"))
+        vary("torch.compile", compile=True)
     if device.type == "cpu" and torch.get_num_threads() > 1:
-        grid.append(Setting(base.precision, base.channels_last, base.batch_size, threads=1,
-                            label="1 thread"))
+        vary("1 thread", threads=1)
     return grid
 
 
