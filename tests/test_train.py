@@ -145,3 +145,21 @@ def test_runs_made_before_a_config_field_existed_still_match():
     del stored["micro_batch"]  # as written by runs that predate the field
     assert TrainConfig(model="lenet").same_as(stored)
     assert not TrainConfig(model="lenet", micro_batch=64).same_as(stored)
+
+
+def test_fit_or_load_reads_back_or_starts_over(small_fashion_mnist, tmp_path, monkeypatch):
+    import squeezestudy.train as train_module
+    from squeezestudy.train import fit_or_load
+
+    calls = []
+    real_fit = train_module.fit
+    monkeypatch.setattr(train_module, "fit", lambda *a, **k: calls.append(k["resume"]) or real_fit(*a, **k))
+    cfg = TrainConfig(**FAST, epochs=1)
+    first, _ = fit_or_load(cfg, tmp_path, quiet=True, dataset=small_fashion_mnist)
+    again, _ = fit_or_load(cfg, tmp_path, quiet=True, dataset=small_fashion_mnist)
+    assert again == first and len(calls) == 1  # read back, not retrained
+    (tmp_path / "metrics.json").unlink()  # leaves a checkpoint written by `cfg`
+    other, _ = fit_or_load(TrainConfig(**{**FAST, "lr": 1e-3}, epochs=1), tmp_path, quiet=True,
+                           dataset=small_fashion_mnist)
+    assert other["config"]["lr"] == 1e-3
+    assert calls == [True, True, False]  # the other config's checkpoint was refused, then a fresh run

@@ -43,6 +43,10 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class ConfigMismatchError(ValueError):
+    """A checkpoint to resume from was written by a different config."""
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (and nothing that does not change its result)."""
@@ -256,9 +260,9 @@ def fit(
         if resume and ckpt_path.is_file():
             state = torch.load(ckpt_path, map_location=device, weights_only=False)
             if not config.same_as(state["config"]):
-                stored = TrainConfig(**state["config"]).to_dict()
-                changed = sorted(k for k in stored if stored[k] != config.to_dict()[k])
-                raise ValueError(f"{ckpt_path} was written by a different config (differs in: "
+                stored, mine = TrainConfig(**state["config"]).to_dict(), config.to_dict()
+                changed = sorted(k for k in stored if stored[k] != mine[k])
+                raise ConfigMismatchError(f"{ckpt_path} was written by a different config (differs in: "
                                  f"{', '.join(changed)}); use another out_dir or resume=False")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -402,9 +406,10 @@ def fit_or_load(config: TrainConfig, out_dir: str | Path, force: bool = False, q
             if not quiet:
                 print(f"{out_dir.name}: finished run found, loaded (force=True retrains)")
             return metrics, history
-    resume = not force and (out_dir / CHECKPOINT).is_file()
-    if resume:
-        state = torch.load(out_dir / CHECKPOINT, map_location="cpu", weights_only=False)
-        resume = config.same_as(state["config"])
-    result = fit(config, dataset, out_dir=out_dir, resume=resume, quiet=quiet, data_dir=data_dir)
+    if dataset is None:
+        dataset = fmnist.load(data_dir)
+    try:  # fit reads the checkpoint once and refuses it if another config wrote it
+        result = fit(config, dataset, out_dir=out_dir, resume=not force, quiet=quiet)
+    except ConfigMismatchError:
+        result = fit(config, dataset, out_dir=out_dir, resume=False, quiet=quiet)
     return result.metrics, result.history
