@@ -103,3 +103,16 @@ def test_the_real_manifest_validates():
     manifest = load_manifest(MANIFEST)
     for profile in manifest["profiles"]:
         validate(expand(manifest, profile))
+
+
+def test_grid_expands_seed_major_and_keeps_value_types(tmp_path):
+    make_notebook(tmp_path / "ok.ipynb")
+    entry = {"name": "sweep-r{rate}-s{seed}", "notebook": "ok.ipynb", "output": "out/{name}.ipynb",
+             "seeds": [0, 1], "grid": {"rate": [0.25, 0.5]}, "parameters": {"x": "{seed}", "rate": "{rate}"}}
+    runs = expand({"profiles": {"p": {"runs": [entry]}}}, "p", root=tmp_path)
+    assert [r.name for r in runs] == ["sweep-r0.25-s0", "sweep-r0.5-s0", "sweep-r0.25-s1", "sweep-r0.5-s1"]
+    assert runs[3].parameters == {"x": 1, "rate": 0.5}
+    with pytest.raises(ManifestError, match="placeholder 'size' is neither seed, name nor a grid key"):
+        expand({"profiles": {"p": {"runs": [{**entry, "name": "s{size}"}]}}}, "p", root=tmp_path)
+    with pytest.raises(ManifestError, match="'grid' must map each name to a non-empty list"):
+        expand({"profiles": {"p": {"runs": [{**entry, "grid": {"rate": []}}]}}}, "p", root=tmp_path)

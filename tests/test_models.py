@@ -141,9 +141,13 @@ def test_metaparameters_rebuild_v1_0():
 
 
 def test_design_for_28x28_and_sweeps():
+    # v1.0's proportions: Fire 2-4 at 1/4 of the input side, Fire 5-9 at 1/8 (28 -> 7 -> 3)
     table = summary.layer_table(models.build("squeezenet_design"), 28).set_index("layer")
-    assert table.loc["conv1", "output"] == "28x28x96"
+    assert table.loc["conv1", "output"] == "14x14x96"
+    assert table.loc["fire2", "output"] == "7x7x128"
+    assert table.loc["fire5", "output"] == "3x3x256"
     assert table.loc["fire9", "output"] == "3x3x512"
+    assert summary.count_parameters(models.build("squeezenet_design")) == 727_306
     small_sr = summary.count_parameters(models.build("squeezenet_design", sr=0.125))
     big_sr = summary.count_parameters(models.build("squeezenet_design", sr=1.0))
     assert big_sr > 3 * small_sr

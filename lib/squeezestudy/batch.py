@@ -3,6 +3,8 @@
 A manifest has `profiles`, each a list of entries. An entry names a notebook,
 its parameters and where the executed copy goes; `seeds: [0, 1, 2]` expands
 one entry into one run per seed, and `{seed}` / `{name}` in strings are filled in.
+A sweep adds `grid: {sr: [0.25, 0.5]}`: one run per seed and grid point, seed-major
+(an interrupted sweep has every point at its first seeds), `{sr}` filled in like `{seed}`.
 
     profiles:
       smoke:
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import itertools
 import json
 import os
 import time
@@ -72,8 +75,8 @@ class Outcome:
 
 def _fill(value, context: dict):
     if isinstance(value, str):
-        if value in ("{seed}",):  # a whole-value placeholder keeps the int type
-            return context["seed"]
+        if value.startswith("{") and value.endswith("}") and value[1:-1] in context:
+            return context[value[1:-1]]  # a whole-value placeholder keeps its type (int, float)
         return value.format(**context)
     if isinstance(value, dict):
         return {k: _fill(v, context) for k, v in value.items()}
@@ -104,14 +107,23 @@ def expand(manifest: dict, profile: str, root: Path = REPO_ROOT) -> list[Run]:
         missing = {"name", "notebook", "output"} - set(entry)
         if missing:
             raise ManifestError(f"profile {profile}, entry {i + 1}: missing {', '.join(sorted(missing))}")
+        grid = entry.get("grid") or {}
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            raise ManifestError(f"profile {profile}, entry {i + 1}: 'grid' must map each name "
+                                "to a non-empty list of values")
         for seed in entry.get("seeds", [None]):
-            context = {"seed": seed, "profile": profile}
-            name = _fill(entry["name"], context)
-            context["name"] = name
-            runs.append(Run(name=name, notebook=root / entry["notebook"],
-                            output=root / _fill(entry["output"], context),
-                            parameters=_fill(entry.get("parameters", {}), context),
-                            always=bool(entry.get("always", False))))
+            for point in itertools.product(*grid.values()):
+                context = {"seed": seed, "profile": profile, **dict(zip(grid, point, strict=True))}
+                try:
+                    name = _fill(entry["name"], context)
+                    context["name"] = name
+                    runs.append(Run(name=name, notebook=root / entry["notebook"],
+                                    output=root / _fill(entry["output"], context),
+                                    parameters=_fill(entry.get("parameters", {}), context),
+                                    always=bool(entry.get("always", False))))
+                except (KeyError, IndexError) as err:
+                    raise ManifestError(f"profile {profile}, entry {i + 1}: placeholder {err} "
+                                        "is neither seed, name nor a grid key") from None
     names = [r.name for r in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

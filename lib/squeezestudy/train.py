@@ -74,7 +74,7 @@ class TrainConfig:
     # with cache-sized activations. None: the device's measured default (see resolve_defaults);
     # 0: never split.
     micro_batch: int | None = None
-    train_subset: int | None = None  # train on the first n images per class x 10 (tests, smoke runs)
+    train_subset: int | None = None  # train on n images, the first n/10 of each class (tests, smoke)
 
     def __post_init__(self) -> None:
         spec(self.model)  # unknown names fail here, listing the known ones

@@ -7,8 +7,10 @@ Fire module i (i = 0..7, i.e. fire2..fire9) has
 base_e=128, incr_e=128, pct3x3=0.5, freq=2, SR=0.125 is SqueezeNet v1.0.
 
 stem="imagenet" keeps v1.0's conv1 (96 7x7/2) and pooling (after conv1, fire4, fire8), so the
-defaults rebuild v1.0 exactly. stem="fmnist" sizes the network for 28x28 input: conv1 is 96
-3x3/1 filters (padding 1) and the same three 3x3/2 poolings take 28 -> 14 -> 7 -> 3.
+defaults rebuild v1.0 exactly. stem="fmnist" sizes the network for 28x28 input with v1.0's
+proportions: on 224x224, Fire 2-4 see 55x55 (1/4 of the side) and Fire 5-8 27x27 (1/8). Here
+conv1 is 3x3/2 (padding 1), 28 -> 14, and two 3x3/2 poolings give Fire 2-4 7x7 and Fire 5-9 3x3;
+v1.0's last pooling (to 1/16) is left out, as it would leave Fire 9's 3x3 filters a 1x1 map.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from torch import nn
 from .fire import Fire
 from .squeezenet import BYPASS_KINDS, _with_bypass, classifier, init_squeezenet
 
-STEMS = {"imagenet": (7, 2, 0), "fmnist": (3, 1, 1)}  # conv1 kernel, stride, padding
-POOL_BEFORE = {0: "maxpool1", 3: "maxpool4", 7: "maxpool8"}  # Fire index -> pool in front of it
+# conv1 (kernel, stride, padding) and the Fire indices that a 3x3/2 max pool precedes
+STEMS = {
+    "imagenet": ((7, 2, 0), (0, 3, 7)),
+    "fmnist": ((3, 2, 1), (0, 3)),
+}
+POOL_NAMES = {0: "maxpool1", 3: "maxpool4", 7: "maxpool8"}
 
 
 def fire_sizes(base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5, freq: int = 2,
@@ -51,15 +57,15 @@ class SqueezeNetDesign(nn.Module):
             raise ValueError(f"unknown bypass {bypass!r}; use one of {BYPASS_KINDS}")
         self.metaparameters = {"base_e": base_e, "incr_e": incr_e, "pct3x3": pct3x3,
                                "freq": freq, "sr": sr}
-        kernel, stride, padding = STEMS[stem]
+        (kernel, stride, padding), pools = STEMS[stem]
         layers: list[tuple[str, nn.Module]] = [
             ("conv1", nn.Conv2d(in_channels, conv1_filters, kernel, stride=stride, padding=padding)),
             ("relu1", nn.ReLU(inplace=True)),
         ]
         channels = conv1_filters
         for i, (s, e1, e3) in enumerate(fire_sizes(base_e, incr_e, pct3x3, freq, sr)):
-            if i in POOL_BEFORE:
-                layers.append((POOL_BEFORE[i], nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)))
+            if i in pools:
+                layers.append((POOL_NAMES[i], nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)))
             layers.append((f"fire{i + 2}", _with_bypass(Fire(channels, s, e1, e3), bypass)))
             channels = e1 + e3
         self.features = nn.Sequential(OrderedDict(layers))
