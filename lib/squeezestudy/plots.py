@@ -131,3 +131,45 @@ def pixel_histogram(images: torch.Tensor, labels: torch.Tensor,
     ax.set_title("mean pixel value per image, by class")
     fig.tight_layout()
     return save(fig, path)
+
+
+def design_sweeps(panels: Sequence[tuple[pd.DataFrame, str, str]], y: str = "test_acc",
+                  path: str | Path | None = None) -> plt.Figure:
+    """The paper's Figure 3 layout: per panel, accuracy against model size (MB, fp32), one
+    point per seed and the mean with its standard deviation. Each panel is (runs, the
+    swept column, a title); points are labelled with the swept value."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    for ax, (runs, column, title) in zip(axes[0], panels, strict=True):
+        sns.lineplot(data=runs, x="size_MB", y=y, errorbar="sd", err_style="bars", marker="o",
+                     ax=ax, color="tab:blue")
+        sns.scatterplot(data=runs, x="size_MB", y=y, ax=ax, color="tab:gray", alpha=0.5, s=20)
+        means = runs.groupby(column)[["size_MB", y]].mean()
+        for value, row in means.iterrows():
+            ax.annotate(f"{column} {value:g}", (row.size_MB, row[y]), textcoords="offset points",
+                        xytext=(4, -12), fontsize=8)
+        ax.set_xlabel("model size, MB (fp32)")
+        ax.set_ylabel(y.replace("_", " "))
+        ax.set_title(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def train_test_gap(history: pd.DataFrame, hue: str, path: str | Path | None = None,
+                   title: str | None = None) -> plt.Figure:
+    """Per epoch: training accuracy (during the epoch) and test accuracy, one colour per `hue`
+    value, mean and spread over seeds; right panel: their difference in points."""
+    long = history.melt(id_vars=["epoch", hue, "seed"], value_vars=["train_acc", "test_acc"],
+                        var_name="split", value_name="accuracy")
+    gap = history.assign(gap_points=100 * (history.train_acc - history.test_acc))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    sns.lineplot(data=long, x="epoch", y="accuracy", hue=hue, style="split", errorbar=("pi", 100),
+                 ax=axes[0])
+    axes[0].set_title("train (solid) and test (dashed) accuracy")
+    sns.lineplot(data=gap, x="epoch", y="gap_points", hue=hue, errorbar=("pi", 100), ax=axes[1],
+                 legend=False)
+    axes[1].axhline(0, color="black", lw=0.8)
+    axes[1].set_title("train - test accuracy, points")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)

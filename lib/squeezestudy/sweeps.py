@@ -1,0 +1,87 @@
+"""The paper's design-space experiments (notebooks 08-10): sweep runs read back by name,
+one row per sweep point with its seed spread, where a curve levels off, and the clean
+training accuracy that the depth study needs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data as fmnist
+from .evaluate import evaluate
+from .results import collect_runs
+from .summary import size_mb
+from .train import RUNS_DIR, load_trained_model
+
+# What the paper reports (Iandola et al. 2016), on ImageNet, for the comparisons in the notebooks.
+PAPER = {
+    # section 5.1, Figure 3(a): top-5 accuracy rises from 80.3% (SR 0.125, 4.8 MB) to 86.0%,
+    # where it plateaus from SR 0.75 on; SR 1.0 (19 MB) adds size, not accuracy.
+    "sr_plateau": 0.75,
+    # section 5.2, Figure 3(b), SR 0.5: top-5 accuracy plateaus at 85.6% from 50% 3x3 filters on.
+    "pct3x3_plateau": 0.5,
+    # section 6, Table 3: (top-1 %, top-5 %, model size MB) of SqueezeNet v1.0 with bypass.
+    "bypass": {"none": (57.5, 80.3, 4.8), "simple": (60.4, 82.5, 4.8), "complex": (58.8, 82.0, 7.7)},
+}
+
+
+def collect(pattern: str, runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
+    """The finished runs whose name matches the regular expression `pattern` (whole name),
+    one row per run, with the builder arguments (model_kwargs) as columns and the fp32 size."""
+    runs = collect_runs(runs_dir)
+    runs = runs[runs.run.map(lambda name: re.fullmatch(pattern, name) is not None)]
+    if runs.empty:
+        raise FileNotFoundError(f"no finished run in {runs_dir} matches {pattern!r}; "
+                                "run its sweep first: squeezestudy batch --profile full")
+    kwargs = pd.DataFrame([c.get("model_kwargs", {}) for c in runs.config], index=runs.index)
+    runs = pd.concat([runs, kwargs], axis=1)
+    runs["size_MB"] = runs.params.map(size_mb)
+    return runs.reset_index(drop=True)
+
+
+def points(runs: pd.DataFrame, by: str) -> pd.DataFrame:
+    """One row per value of `by`: parameters, size, seeds, test accuracy mean / std / min / max,
+    training and validation accuracy (means)."""
+    grouped = runs.groupby(by)
+    table = pd.DataFrame({
+        "params": grouped.params.first(),
+        "size_MB": grouped.size_MB.first().round(3),
+        "seeds": grouped.seed.nunique(),
+        "test_acc_mean": grouped.test_acc.mean(),
+        "test_acc_std": grouped.test_acc.std(ddof=1).fillna(0.0),
+        "test_acc_min": grouped.test_acc.min(),
+        "test_acc_max": grouped.test_acc.max(),
+        "train_acc_mean": grouped.train_acc.mean(),
+        "val_acc_mean": grouped.val_acc.mean(),
+    })
+    return table.sort_index()
+
+
+def plateau(table: pd.DataFrame, mean: str = "test_acc_mean", std: str = "test_acc_std"):
+    """The smallest setting (index) whose mean accuracy is within one pooled seed standard
+    deviation of the best mean: past it, the curve is flat within seed noise."""
+    if table.empty:
+        raise ValueError("no sweep points")
+    pooled = float(np.sqrt((table[std] ** 2).mean()))
+    best = table[mean].max()
+    return table.index[table[mean] >= best - pooled][0]
+
+
+def train_accuracy(run_dirs: list[Path], dataset: fmnist.FashionMNIST) -> pd.DataFrame:
+    """Accuracy of each run's final model on its training split, in eval mode (no dropout,
+    no augmentation): the clean number the train-test gap needs. Needs the checkpoints."""
+    mean, std = dataset.mean_std()
+    rows = []
+    for run_dir in run_dirs:
+        model, config = load_trained_model(run_dir)
+        split = dataset.train.subset(config.train_subset) if config.train_subset else dataset.train
+        batches = fmnist.Batches(split, 1000, mean=mean, std=std, device=torch.device("cpu"),
+                                 image_size=config.resolved_image_size(), shuffle=False,
+                                 drop_last=False, augment=False, channels_last=False)
+        loss, acc = evaluate(model, batches)
+        rows.append({"run": Path(run_dir).name, "train_eval_acc": acc, "train_eval_loss": loss})
+    return pd.DataFrame(rows)

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import torch
+from squeezestudy import sweeps, train
+from squeezestudy.data import Batches
+from squeezestudy.evaluate import evaluate
+
+
+def fake_run(runs_dir, name, test_acc, seed=0, params=1000, **model_kwargs):
+    """A finished run as the batch leaves it: metrics.json (and a history) in its directory."""
+    config = train.TrainConfig(model="squeezenet_design", model_kwargs=model_kwargs, seed=seed)
+    metrics = {"model": config.model, "seed": seed, "precision": "fp32", "device": "cpu",
+               "epochs": config.epochs, "params": params, "test_acc": test_acc, "val_acc": test_acc,
+               "train_acc": test_acc + 0.01, "train_time_s": 1.0, "images_per_s": 1.0,
+               "config": config.to_dict()}
+    (runs_dir / name).mkdir(parents=True)
+    (runs_dir / name / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def sr_sweep(tmp_path):
+    for i, (sr, accs) in enumerate({0.125: (0.80, 0.82), 0.5: (0.86, 0.88), 1.0: (0.87, 0.87)}.items()):
+        for seed, acc in enumerate(accs):
+            fake_run(tmp_path, f"design-sr{sr}-s{seed}", acc, seed=seed, params=1000 * (i + 1), sr=sr)
+    fake_run(tmp_path, "lenet-s0", 0.9)
+    return tmp_path
+
+
+def test_collect_matches_whole_names_and_spreads_model_kwargs(sr_sweep):
+    runs = sweeps.collect(r"design-sr[\d.]+-s\d", sr_sweep)
+    assert len(runs) == 6 and "lenet-s0" not in set(runs.run)
+    assert sorted(runs.sr.unique()) == [0.125, 0.5, 1.0]
+    assert runs.loc[runs.run == "design-sr1.0-s0", "size_MB"].item() == pytest.approx(3000 * 4 / 1e6)
+    with pytest.raises(FileNotFoundError, match="no finished run .* matches 'bypass-.*'; run its sweep"):
+        sweeps.collect("bypass-.*", sr_sweep)
+
+
+def test_points_and_plateau(sr_sweep):
+    table = sweeps.points(sweeps.collect(r"design-sr[\d.]+-s\d", sr_sweep), "sr")
+    assert list(table.index) == [0.125, 0.5, 1.0]
+    assert table.loc[0.5, "test_acc_mean"] == pytest.approx(0.87)
+    assert table.loc[0.125, "seeds"] == 2 and table.loc[1.0, "test_acc_std"] == 0
+    # pooled std = sqrt(mean(0.0002, 0.0002, 0)) ~ 0.0115: 0.5 (0.87) is within it of the best (0.87)
+    assert sweeps.plateau(table) == 0.5
+    sharper = table.assign(test_acc_std=0.0)  # no seed noise: the plateau is the best point
+    sharper.loc[1.0, "test_acc_mean"] = 0.9
+    assert sweeps.plateau(sharper) == 1.0
+
+
+def test_train_accuracy_evaluates_the_final_model_in_eval_mode(small_fashion_mnist, tmp_path):
+    config = train.TrainConfig(model="squeezenet_fmnist", epochs=1, train_subset=500)
+    train.fit(config, small_fashion_mnist, out_dir=tmp_path / "run", quiet=True)
+    table = sweeps.train_accuracy([tmp_path / "run"], small_fashion_mnist)
+    model, _ = train.load_trained_model(tmp_path / "run")
+    mean, std = small_fashion_mnist.mean_std()
+    batches = Batches(small_fashion_mnist.train.subset(500), 500, mean=mean, std=std,
+                      device=torch.device("cpu"))
+    assert table.run.tolist() == ["run"]
+    assert table.train_eval_acc.item() == pytest.approx(evaluate(model, batches)[1])
