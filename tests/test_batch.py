@@ -116,3 +116,31 @@ def test_grid_expands_seed_major_and_keeps_value_types(tmp_path):
         expand({"profiles": {"p": {"runs": [{**entry, "name": "s{size}"}]}}}, "p", root=tmp_path)
     with pytest.raises(ManifestError, match="'grid' must map each name to a non-empty list"):
         expand({"profiles": {"p": {"runs": [{**entry, "grid": {"rate": []}}]}}}, "p", root=tmp_path)
+
+
+def test_parallel_runs_get_their_own_gpu_and_leave_this_environment_alone(tmp_path, monkeypatch):
+    import os
+
+    import squeezestudy.batch as batch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    make_notebook(tmp_path / "gpu.ipynb", body="import os, time\ntime.sleep(1)\n"
+                  "print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['OMP_NUM_THREADS'])")
+    runs = [{"name": "g-{seed}", "notebook": "gpu.ipynb", "output": "out/{name}.ipynb", "seeds": [0, 1]}]
+    (tmp_path / "runs.yaml").write_text(yaml.safe_dump({"profiles": {"p": {"runs": runs}}}))
+    monkeypatch.setattr(batch, "REPO_ROOT", tmp_path)
+    orig_expand = batch.expand
+    monkeypatch.setattr(batch, "expand", lambda m, p: orig_expand(m, p, root=tmp_path))
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    lines = []
+    outcomes = run_batch("p", manifest_path=tmp_path / "runs.yaml", jobs=2, gpus=["3", "5"],
+                         echo=lines.append)
+    assert [o.status for o in outcomes] == ["ok", "ok"]
+    cells = [json.loads((tmp_path / "out" / f"g-{i}.ipynb").read_text())["cells"] for i in (0, 1)]
+    seen = {"".join(c[-1]["outputs"][0]["text"]) for c in cells}
+    assert seen == {"3 2\n", "5 2\n"}  # one GPU each, the 4 cores shared out
+    assert any("on GPU" in line for line in lines)
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ and "OMP_NUM_THREADS" not in os.environ
+    with pytest.raises(ManifestError, match="--gpus needs GPU ids"):
+        run_batch("p", manifest_path=tmp_path / "runs.yaml", gpus=[""], echo=lines.append)

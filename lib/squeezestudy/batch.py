@@ -25,10 +25,10 @@ notebook exists with the same parameters and no error is skipped unless forced;
 from __future__ import annotations
 
 import ast
-import contextlib
 import itertools
 import json
 import os
+import queue
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -177,7 +177,21 @@ def validate(runs: list[Run]) -> None:
         raise ManifestError("nothing was run; fix these parameters first:\n  " + "\n  ".join(problems))
 
 
-def execute(run: Run, cwd: Path, kernel: str | None = None) -> Outcome:
+def _kernel_manager(env: dict[str, str]):
+    """A kernel manager class whose kernels start with `env` added to this process's
+    environment: each parallel run gets its own variables (its GPU), and this process's
+    environment is never changed."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            kw["env"] = {**os.environ, **kw.get("env", {}), **env}
+            return await super().start_kernel(**kw)
+
+    return KernelManager
+
+
+def execute(run: Run, cwd: Path, kernel: str | None = None, env: dict[str, str] | None = None) -> Outcome:
     import papermill
 
     run.output.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +199,8 @@ def execute(run: Run, cwd: Path, kernel: str | None = None) -> Outcome:
     try:
         papermill.execute_notebook(str(run.notebook), str(run.output), parameters=run.parameters,
                                    cwd=str(cwd), kernel_name=kernel, progress_bar=False,
-                                   log_output=False, request_save_on_cell_execute=True)
+                                   log_output=False, request_save_on_cell_execute=True,
+                                   kernel_manager_class=_kernel_manager(env or {}))
     except Exception as err:
         message = str(err).strip().splitlines()
         summary = next((line for line in reversed(message) if line.strip()), type(err).__name__)
@@ -195,10 +210,14 @@ def execute(run: Run, cwd: Path, kernel: str | None = None) -> Outcome:
 
 def run_batch(profile: str, only: list[str] | None = None, force: bool = False, jobs: int = 1,
               manifest_path: str | Path = MANIFEST, kernel: str | None = None, dry_run: bool = False,
-              echo=print) -> list[Outcome]:
-    """Validate then execute a profile (or the runs named in `only`); returns one outcome per run."""
+              gpus: list[str] | None = None, echo=print) -> list[Outcome]:
+    """Validate then execute a profile (or the runs named in `only`); returns one outcome per run.
+    gpus: GPU ids (e.g. ["0", "1"]) shared out among the parallel runs, one CUDA_VISIBLE_DEVICES
+    per kernel; with more jobs than GPUs, runs share them round-robin."""
     if jobs < 1:
         raise ManifestError(f"--jobs must be at least 1, got {jobs}")
+    if gpus is not None and (not gpus or not all(g.strip() for g in gpus)):
+        raise ManifestError(f"--gpus needs GPU ids such as 0,1; got {gpus!r}")
     manifest = load_manifest(manifest_path)
     runs = expand(manifest, profile)
     if only:
@@ -216,35 +235,27 @@ def run_batch(profile: str, only: list[str] | None = None, force: bool = False, 
         for r in todo:
             echo(f"would run {r.name}: {r.notebook.name} {r.parameters}")
         return outcomes
-    # Kernels inherit this process's environment: the profile's variables reach the notebooks.
+    # What every kernel gets on top of this process's environment: the profile's variables.
     env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1",
            **{k: str(v) for k, v in (manifest["profiles"][profile].get("env") or {}).items()}}
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # share the cores among parallel kernels: on 2 cores, two 1-thread runs of a
         # small model train faster together than one 2-thread run
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    with _environment(env):
-        return outcomes + _execute_all(todo, jobs, kernel, echo)
+    slots = [{**env, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)].strip()} for i in range(jobs)] \
+        if gpus else [env] * jobs
+    return outcomes + _execute_all(todo, slots, kernel, echo)
 
 
-@contextlib.contextmanager
-def _environment(variables: dict[str, str]):
-    saved = {k: os.environ.get(k) for k in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _execute_all(todo: list[Run], jobs: int, kernel: str | None, echo) -> list[Outcome]:
+def _execute_all(todo: list[Run], slots: list[dict[str, str]], kernel: str | None, echo) -> list[Outcome]:
+    """Runs `todo` with len(slots) in parallel; each running notebook holds one slot (its
+    kernel's environment) until it ends."""
     outcomes: list[Outcome] = []
     total = len(todo)
     done = 0
+    free: queue.SimpleQueue[dict[str, str]] = queue.SimpleQueue()
+    for slot in slots:
+        free.put(slot)
 
     def report(outcome: Outcome) -> None:
         nonlocal done
@@ -252,23 +263,27 @@ def _execute_all(todo: list[Run], jobs: int, kernel: str | None, echo) -> list[O
         tail = f"  {outcome.error}" if outcome.error else ""
         echo(f"[{done}/{total}] {outcome.status:6s} {outcome.run.name} ({outcome.seconds:.0f}s){tail}")
 
-    if jobs == 1:
+    def start(run: Run) -> Outcome:
+        env = free.get()
+        gpu = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
+        echo(f"start  {run.name}{gpu}")
+        try:
+            return execute(run, run.notebook.parent, kernel, env)
+        finally:
+            free.put(env)
+
+    if len(slots) == 1:
         for r in todo:
-            echo(f"[{done + 1}/{total}] run    {r.name} ...")
-            outcome = execute(r, r.notebook.parent, kernel)
+            outcome = start(r)
             report(outcome)
             outcomes.append(outcome)
-    else:
-        def start(run: Run) -> Outcome:
-            echo(f"start  {run.name}")
-            return execute(run, run.notebook.parent, kernel)
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(start, r) for r in todo]
-            for future in as_completed(futures):
-                outcome = future.result()
-                report(outcome)
-                outcomes.append(outcome)
+        return outcomes
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        futures = [pool.submit(start, r) for r in todo]
+        for future in as_completed(futures):
+            outcome = future.result()
+            report(outcome)
+            outcomes.append(outcome)
     return outcomes
 
 
