@@ -62,7 +62,9 @@ class Run:
             meta = json.loads(self.output.read_text())["metadata"].get("papermill", {})
         except (ValueError, KeyError):
             return False
-        return meta.get("parameters") == self.parameters and not meta.get("exception")
+        # no end_time: the execution was interrupted (papermill saves after every cell)
+        return (meta.get("parameters") == self.parameters and not meta.get("exception")
+                and meta.get("end_time") is not None)
 
 
 @dataclass

@@ -167,8 +167,9 @@ def versions() -> dict:
 
 # Micro-batch sizes measured faster on CPU than the whole batch (training images/s, 2-core AVX2):
 # one-Fire SqueezeNet at batch 256: 4,136 whole, 6,366 as 2 x 128, 5,079 as 4 x 64.
+# SqueezeNet v1.0 at 224x224, batch 32: 14 whole, 18 as 2 x 16 (squeezestudy bench).
 # LeNet and AlexNet-112 lose throughput at smaller batches, so they are not split.
-CPU_MICRO_BATCH = {"squeezenet_fmnist": 128}
+CPU_MICRO_BATCH = {"squeezenet_fmnist": 128, "squeezenet1_0": 16}
 
 
 def resolve_defaults(config: TrainConfig, device: torch.device) -> tuple[str, bool, int]:
