@@ -144,3 +144,14 @@ def test_parallel_runs_get_their_own_gpu_and_leave_this_environment_alone(tmp_pa
     assert "CUDA_VISIBLE_DEVICES" not in os.environ and "OMP_NUM_THREADS" not in os.environ
     with pytest.raises(ManifestError, match="--gpus needs GPU ids"):
         run_batch("p", manifest_path=tmp_path / "runs.yaml", gpus=[""], echo=lines.append)
+
+
+def test_an_interrupted_notebook_is_not_done(project):
+    run = expand(load_manifest(project / "runs.yaml"), "p", root=project)[0]
+    run.output.parent.mkdir(parents=True)
+    meta = {"parameters": run.parameters, "exception": None, "end_time": None}  # killed mid-run
+    run.output.write_text(json.dumps({"metadata": {"papermill": meta}}))
+    assert not run.already_done()
+    meta["end_time"] = "2026-11-30T00:00:00+00:00"
+    run.output.write_text(json.dumps({"metadata": {"papermill": meta}}))
+    assert run.already_done()
