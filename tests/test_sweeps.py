@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from squeezestudy import sweeps, train
@@ -46,6 +47,21 @@ def test_points_and_plateau(sr_sweep):
     sharper = table.assign(test_acc_std=0.0)  # no seed noise: the plateau is the best point
     sharper.loc[1.0, "test_acc_mean"] = 0.9
     assert sweeps.plateau(sharper) == 1.0
+
+
+def test_a_class_never_predicted_is_counted(sr_sweep):
+    pred = np.arange(10_000) % 10
+    np.savez_compressed(sr_sweep / "design-sr0.5-s0" / "predictions.npz", pred=pred.astype(np.uint8),
+                        confidence=np.ones(10_000, np.float16))
+    pred[pred == 5] = 6  # class 5 died
+    np.savez_compressed(sr_sweep / "design-sr0.5-s1" / "predictions.npz", pred=pred.astype(np.uint8),
+                        confidence=np.ones(10_000, np.float16))
+    runs = sweeps.collect(r"design-sr[\d.]+-s\d", sr_sweep).set_index("run")
+    assert runs.classes_predicted.to_dict() == {"design-sr0.125-s0": -1, "design-sr0.125-s1": -1,
+                                                "design-sr0.5-s0": 10, "design-sr0.5-s1": 9,
+                                                "design-sr1.0-s0": -1, "design-sr1.0-s1": -1}
+    table = sweeps.points(runs.reset_index(), "sr")
+    assert table.runs_with_dead_class.tolist() == [0, 1, 0]
 
 
 def test_train_accuracy_evaluates_the_final_model_in_eval_mode(small_fashion_mnist, tmp_path):

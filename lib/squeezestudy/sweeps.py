@@ -15,7 +15,7 @@ from . import data as fmnist
 from .evaluate import evaluate
 from .results import collect_runs
 from .summary import size_mb
-from .train import RUNS_DIR, load_trained_model
+from .train import RUNS_DIR, load_predictions, load_trained_model
 
 # What the paper reports (Iandola et al. 2016), on ImageNet, for the comparisons in the notebooks.
 PAPER = {
@@ -40,7 +40,19 @@ def collect(pattern: str, runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
     kwargs = pd.DataFrame([c.get("model_kwargs", {}) for c in runs.config], index=runs.index)
     runs = pd.concat([runs, kwargs], axis=1)
     runs["size_MB"] = runs.params.map(size_mb)
+    runs["classes_predicted"] = [classes_predicted(Path(runs_dir) / name) for name in runs.run]
     return runs.reset_index(drop=True)
+
+
+def classes_predicted(run_dir: str | Path) -> int:
+    """How many of the 10 classes the run's final model predicts at least once on the test set.
+    Below 10 means a dead class: SqueezeNet's head (conv10, ReLU, average pooling) cannot bring
+    a class back once conv10's output for it is negative everywhere. -1: no predictions saved."""
+    try:
+        predictions, _ = load_predictions(run_dir)
+    except FileNotFoundError:
+        return -1
+    return int(torch.unique(predictions).numel())
 
 
 def points(runs: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -57,6 +69,7 @@ def points(runs: pd.DataFrame, by: str) -> pd.DataFrame:
         "test_acc_max": grouped.test_acc.max(),
         "train_acc_mean": grouped.train_acc.mean(),
         "val_acc_mean": grouped.val_acc.mean(),
+        "runs_with_dead_class": grouped.classes_predicted.agg(lambda c: int(((c >= 0) & (c < 10)).sum())),
     })
     return table.sort_index()
 
