@@ -250,8 +250,8 @@ def run_batch(profile: str, only: list[str] | None = None, force: bool = False, 
 
 
 def _execute_all(todo: list[Run], slots: list[dict[str, str]], kernel: str | None, echo) -> list[Outcome]:
-    """Runs `todo` with len(slots) in parallel; each running notebook holds one slot (its
-    kernel's environment) until it ends."""
+    """Runs `todo` with len(slots) in parallel, in order (one slot: one after the other); each
+    running notebook holds one slot (its kernel's environment) until it ends."""
     outcomes: list[Outcome] = []
     total = len(todo)
     done = 0
@@ -274,12 +274,6 @@ def _execute_all(todo: list[Run], slots: list[dict[str, str]], kernel: str | Non
         finally:
             free.put(env)
 
-    if len(slots) == 1:
-        for r in todo:
-            outcome = start(r)
-            report(outcome)
-            outcomes.append(outcome)
-        return outcomes
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
         futures = [pool.submit(start, r) for r in todo]
         for future in as_completed(futures):
