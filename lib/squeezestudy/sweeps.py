@@ -91,8 +91,8 @@ def train_accuracy(run_dirs: list[Path], dataset: fmnist.FashionMNIST) -> pd.Dat
     rows = []
     for run_dir in run_dirs:
         model, config = load_trained_model(run_dir)
-        split = dataset.train.subset(config.train_subset) if config.train_subset else dataset.train
-        batches = fmnist.Batches(split, 1000, mean=mean, std=std, device=torch.device("cpu"),
+        batches = fmnist.Batches(config.train_split(dataset), 1000, mean=mean, std=std,
+                                 device=torch.device("cpu"),
                                  image_size=config.resolved_image_size(), shuffle=False,
                                  drop_last=False, augment=False, channels_last=False)
         loss, acc = evaluate(model, batches)

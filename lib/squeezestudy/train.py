@@ -95,6 +95,10 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
+    def train_split(self, dataset: fmnist.FashionMNIST) -> fmnist.Split:
+        """The training images this config trains on (all, or the train_subset)."""
+        return dataset.train.subset(self.train_subset) if self.train_subset else dataset.train
+
     def resolved_image_size(self) -> int:
         return self.image_size or spec(self.model).image_size
 
@@ -227,7 +231,7 @@ def fit(
     precision, channels_last, micro_batch = resolve_defaults(config, device)
     if dataset is None:
         dataset = fmnist.load(data_dir)
-    train_split = dataset.train.subset(config.train_subset) if config.train_subset else dataset.train
+    train_split = config.train_split(dataset)
     mean, std = dataset.mean_std()
 
     def batches(split, batch_size, train):
