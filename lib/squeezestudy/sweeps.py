@@ -79,9 +79,13 @@ def plateau(table: pd.DataFrame, mean: str = "test_acc_mean", std: str = "test_a
     deviation of the best mean: past it, the curve is flat within seed noise."""
     if table.empty:
         raise ValueError("no sweep points")
-    pooled = float(np.sqrt((table[std] ** 2).mean()))
     best = table[mean].max()
-    return table.index[table[mean] >= best - pooled][0]
+    return table.index[table[mean] >= best - pooled_std(table, std)][0]
+
+
+def pooled_std(table: pd.DataFrame, std: str = "test_acc_std") -> float:
+    """The seed standard deviation pooled over all points of a sweep (root mean variance)."""
+    return float(np.sqrt((table[std] ** 2).mean()))
 
 
 def train_accuracy(run_dirs: list[Path], dataset: fmnist.FashionMNIST) -> pd.DataFrame:
