@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as fmnist
+from . import fileio
 from .device import bf16_supported, device_name, pick_device, synchronize
 from .models import spec
 from .train import REPO_ROOT, TrainConfig, build_model, make_optimizer, resolve_defaults, train_step
@@ -333,9 +334,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "records": [r.__dict__ for r in records]}
-    (out / "throughput.json").write_text(json.dumps(payload, indent=2) + "\n")
+    fileio.write_text(out / "throughput.json", json.dumps(payload, indent=2) + "\n")
     table = markdown(records, meta)
-    (out / "throughput.md").write_text(table)
+    fileio.write_text(out / "throughput.md", table)
     print()
     print(table)
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import fileio
 from .data import Batches
 
 
@@ -18,7 +19,7 @@ def save_weights(model: nn.Module, path: str | Path) -> int:
     """Write the state dict to `path`; returns the file's size in bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    fileio.torch_save(model.state_dict(), path)
     return path.stat().st_size
 
 

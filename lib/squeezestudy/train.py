@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from . import __version__, fileio
 from . import data as fmnist
 from .device import autocast, device_name, pick_device, resolve_precision, synchronize
 from .evaluate import evaluate, predict
@@ -148,18 +147,6 @@ def lr_factor(step: int, total: int, schedule: str, warmup_fraction: float) -> f
     if progress < warm:
         return 0.04 + 0.96 * progress / warm
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warm) / (1 - warm))))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def versions() -> dict:
@@ -340,10 +327,10 @@ def fit(
             f"train {row['train_acc']:.4f}  val {val_acc:.4f}  test {test_acc:.4f}  "
             f"{train_s:.1f}s  {row['images_per_s']:,.0f} img/s")
         if out_path is not None:
-            _save_atomic({"config": config.to_dict(), "epoch": epoch + 1, "history": history,
+            fileio.torch_save({"config": config.to_dict(), "epoch": epoch + 1, "history": history,
                           "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict()}, out_path / CHECKPOINT)
-            _write_atomic(out_path / "history.csv", pd.DataFrame(history).to_csv(index=False))
+            fileio.write_text(out_path / "history.csv", pd.DataFrame(history).to_csv(index=False))
 
     frame = pd.DataFrame(history)
     last = history[-1]
@@ -361,7 +348,7 @@ def fit(
     }
     if out_path is not None:
         save_predictions(model, test_batches, precision, out_path / PREDICTIONS)
-        _write_atomic(out_path / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        fileio.write_text(out_path / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return RunResult(model, frame, metrics, out_path)
 
 
@@ -370,10 +357,8 @@ def save_predictions(model: nn.Module, batches: fmnist.Batches, precision: str, 
     can be drawn later without the (possibly large, uncommitted) checkpoint."""
     probs = predict(model, batches, precision).softmax(1)
     confidence, pred = probs.max(1)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, pred=pred.numpy().astype(np.uint8),
-                        confidence=confidence.numpy().astype(np.float16))
-    os.replace(tmp, path)
+    fileio.write_with(path, lambda f: np.savez_compressed(
+        f, pred=pred.numpy().astype(np.uint8), confidence=confidence.numpy().astype(np.float16)))
 
 
 def load_predictions(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
