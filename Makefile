@@ -26,6 +26,7 @@ lint: env
 
 # Library tests, then every notebook under nbval, smoke-sized (SQUEEZESTUDY_SMOKE=1).
 test: lint
+	$(PY) -m squeezestudy.cli report --check
 	$(PY) -m pytest
 	SQUEEZESTUDY_SMOKE=1 $(PY) -m pytest $(NBVAL) notebooks/
 
