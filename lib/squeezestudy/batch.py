@@ -190,6 +190,8 @@ def _kernel_manager(env: dict[str, str]):
     class KernelManager(AsyncKernelManager):
         async def start_kernel(self, **kw):
             kw["env"] = {**os.environ, **kw.get("env", {}), **env}
+            # a caller's MPLBACKEND=Agg would leave the executed notebooks without figures
+            kw["env"].pop("MPLBACKEND", None)
             return await super().start_kernel(**kw)
 
     return KernelManager

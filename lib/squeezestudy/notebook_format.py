@@ -5,7 +5,8 @@ notebook then changes nothing on disk.
 Lab sets the kernelspec's display name to the kernel's own ("Python 3 (ipykernel)" for
 ipykernel's python3) and its server writes `nbformat.writes` (indent 1, sorted keys,
 multi-line strings as lists) plus a final newline; papermill writes the same JSON without
-that newline and keeps the display name it was given. The batch runner normalises what
+that newline, keeps the display name it was given and writes whole floats as 1.0, which
+the browser turns into 1. The batch runner normalises what
 papermill wrote; for committed files:
 
     python -m squeezestudy.notebook_format [--check] PATH ...   (files or folders)
@@ -24,9 +25,22 @@ from . import fileio
 KERNELSPECS = {"python3": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}}
 
 
+def _as_javascript_numbers(value):
+    """Whole floats as ints: the browser's JSON has one number type, so Lab saves 1.0 as 1
+    (papermill records parameters such as sr=1.0 as floats)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            value[key] = _as_javascript_numbers(item)
+    elif isinstance(value, list):
+        value[:] = [_as_javascript_numbers(item) for item in value]
+    return value
+
+
 def normal_form(text: str) -> str:
     """The notebook `text` as JupyterLab would save it."""
-    nb = nbformat.reads(text, as_version=nbformat.NO_CONVERT)
+    nb = _as_javascript_numbers(nbformat.reads(text, as_version=nbformat.NO_CONVERT))
     spec = nb.metadata.get("kernelspec", {})
     if spec.get("name") in KERNELSPECS:
         nb.metadata["kernelspec"] = dict(KERNELSPECS[spec["name"]])
