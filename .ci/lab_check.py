@@ -46,6 +46,43 @@ OPEN_AND_SAVE = """(async () => {
 })()"""
 
 
+# A training run's progress bar: with ipywidgets, tqdm.auto draws a widget, not a TqdmWarning.
+PROGRESS_BAR = """(async () => {
+  const app = window.jupyterapp;
+  const widget = await app.commands.execute('docmanager:open', {path: %s, factory: 'Notebook'});
+  await widget.context.ready;
+  await widget.sessionContext.ready;
+  await app.commands.execute('notebook:run-all-cells');
+  const deadline = Date.now() + 60000;
+  const done = () => widget.model.cells.get(0).executionCount !== null &&
+                     widget.sessionContext.session.kernel.status === 'idle';
+  while (!done() && Date.now() < deadline) await new Promise(r => setTimeout(r, 200));
+  await new Promise(r => setTimeout(r, 1000));
+  const node = widget.content.node;
+  const text = node.innerText;
+  const result = {bars: node.querySelectorAll('.jp-OutputArea-output .widget-hprogress .progress-bar').length,
+                  warning: text.includes('TqdmWarning') || text.includes('IProgress not found'),
+                  text: text.slice(0, 300)};
+  await widget.sessionContext.shutdown();
+  widget.dispose();
+  return result;
+})()"""
+
+
+def progress_bar_notebook() -> str:
+    """A scratch notebook under the ignored _build/ that shows a tqdm.auto bar."""
+    import nbformat
+
+    path = REPO / "_build" / "lab-check" / "progress.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor _ in tqdm(range(3)):\n    pass")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+    return str(path.relative_to(REPO))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,6 +139,12 @@ def main(argv: list[str]) -> int:
                 print(f"{nb}: kernel {result['kernelName']}, dirty after opening: {result['dirty']}, "
                       f"{'CHANGED' if diff else 'unchanged'} after save ({time.monotonic() - t0:.1f} s)",
                       flush=True)
+            bar = page.evaluate(PROGRESS_BAR % json.dumps(progress_bar_notebook()), timeout=180)
+            print(f"tqdm.auto in Lab: {bar['bars']} widget progress bar(s), "
+                  f"TqdmWarning shown: {bar['warning']}")
+            if not bar["bars"] or bar["warning"]:
+                print(bar["text"])
+                changed.append("(tqdm.auto showed no widget progress bar)")
             page.close()
     finally:
         lab.terminate()
