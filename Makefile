@@ -1,5 +1,5 @@
 # Entry points (see README): `make study` runs the study, `make test` runs the checks,
-# `make lab` opens the notebooks in JupyterLab, `make site` builds the rendered study.
+# `make lab` opens the notebooks in JupyterLab.
 # All create the virtual environment .venv on first use, with the pinned versions of constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ JOBS ?= 1
 NBVAL := --nbval-lax --nbval-sanitize-with .nbval-sanitize.cfg
 KERNEL_SPEC := $(VENV)/share/jupyter/kernels/python3/.squeezestudy
 
-.PHONY: study test lint smoke bench env lab kernel site site-check constraints
+.PHONY: study test lint smoke bench env lab kernel constraints
 
 env: $(VENV)/.installed
 
@@ -42,14 +42,6 @@ $(KERNEL_SPEC): $(VENV)/.installed
 # JupyterLab from the venv, on the repository (extra options: make lab LAB_ARGS="--port 9999").
 lab: kernel
 	$(VENV)/bin/jupyter lab $(LAB_ARGS)
-
-# The rendered study (Jupyter Book 2 / MyST) from the committed notebooks, not re-executed,
-# into _build/html; site-check opens every page in headless Chromium.
-site: env
-	$(PY) .ci/site.py build
-
-site-check: site
-	$(PY) .ci/site.py check
 
 # Pin what .venv has now (after installing or upgrading a package in it).
 constraints: env
