@@ -58,5 +58,6 @@ def test_paired_differences_against_zero():
     assert (c.low, c.high) == (pytest.approx(interval.low), pytest.approx(interval.high))
     assert not c.distinguishable
     assert c.verdict().startswith("bf16 − fp32: mean +0.15 points, not distinguishable from zero at n = 4")
-    assert stats.paired([0.01, 0.011, 0.012]).verdict().startswith("difference: mean +1.10 points, distinguishable")
+    clear = stats.paired([0.01, 0.011, 0.012])
+    assert clear.verdict().startswith("difference: mean +1.10 points, distinguishable")
     assert not stats.paired([0.01]).testable
