@@ -215,3 +215,12 @@ def remove(run_dir: Path, names: tuple[str, ...]) -> None:
     for name in names:
         with contextlib.suppress(FileNotFoundError):
             (run_dir / name).unlink()
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files of atomic writes that a killed process left behind (fileio names them
+    `.<name>.<random>.tmp`); a checkpoint's can be as large as the checkpoint."""
+    for name in RUN_FILES:
+        for stale in run_dir.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()

@@ -195,7 +195,7 @@ class TrainConfig:
             (self.train_subset is None or self.train_subset >= fmnist.NUM_CLASSES,
              f"train_subset must be at least {fmnist.NUM_CLASSES} (one image per class) or None "
              f"(all images), got {self.train_subset}"),
-            (subset_images is None or subset_images >= self.batch_size,
+            (subset_images is None or subset_images < fmnist.NUM_CLASSES or subset_images >= self.batch_size,
              f"train_subset {self.train_subset} gives {subset_images} training images, fewer than "
              f"one batch of {self.batch_size}; raise train_subset or lower batch_size"),
         ]
@@ -246,8 +246,9 @@ def build_model(config: TrainConfig) -> nn.Module:
     try:
         return build(config.model, **kwargs)
     except (TypeError, ValueError) as err:  # a value the builder refuses, e.g. {"sr": "big"}
+        reason = str(err).removeprefix(f"model {config.model!r}: ")
         raise ValueError(f"model {config.model!r} cannot be built with model_kwargs "
-                         f"{config.model_kwargs}: {err}") from None
+                         f"{config.model_kwargs}: {reason}") from None
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -330,6 +331,7 @@ def _open_run_dir(out_path: Path, config: TrainConfig, resume: bool, force: bool
     """Check the run directory before any work; returns the checkpoint to resume from, if any.
     Starting over removes the old run's files, metrics.json (the finished marker) first."""
     paths.ensure_writable_dir(out_path, "run directory")
+    rundir.remove_stale_temporaries(out_path)
     ckpt_path = out_path / CHECKPOINT
     if resume and ckpt_path.is_file():
         state = rundir.read_checkpoint(ckpt_path, device, advice=(
@@ -368,7 +370,8 @@ class _Stage:
         if self.epoch >= epochs:
             where = f"interrupted while {self.phase}"
         else:
-            where = f"interrupted {'in' if self.started else 'before'} epoch {self.epoch + 1} ({self.phase})"
+            where = (f"interrupted {'in' if self.started else 'before'} epoch {self.epoch + 1} of "
+                     f"{epochs} ({self.phase})")
         if out_path is None:
             return f"{where}; nothing is kept on disk (no out_dir was given)"
         if self.saved == 0:
