@@ -84,9 +84,12 @@ def cli(capsys, *argv):
 
 # --- a real training process, interrupted and killed --------------------------------------------
 
-def train_command(run_dir: Path, source: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "squeezestudy.cli", "train", "--model", "squeezenet_fmnist",
-            "--augment", "--epochs", "3", "--batch-size", "100", "--train-subset", "2000",
+KILL_EPOCHS = 4
+
+
+def train_command(run_dir: Path, source: Path, *extra: str, epochs: int = KILL_EPOCHS) -> list[str]:
+    return [sys.executable, "-m", "squeezestudy.cli", "train", "--model", "lenet", "--augment",
+            "--epochs", str(epochs), "--batch-size", "100", "--train-subset", "1000",
             "--device", "cpu", "--precision", "fp32", "--data-dir", str(source), "--out", str(run_dir),
             "--quiet", *extra]
 
@@ -114,32 +117,38 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(fashion_mnist, tmp
     run_dir = tmp_path / "run"
     proc = start_and_wait_for_checkpoint(train_command(run_dir, fashion_mnist.source), run_dir)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"not killed in time: exit {proc.returncode} {stderr}"
     assert not (run_dir / rundir.METRICS).exists()  # killed before finishing: in progress
     killed_at = torch.load(run_dir / rundir.CHECKPOINT, weights_only=True)["epoch"]
-    assert 1 <= killed_at < 3
+    assert 1 <= killed_at < KILL_EPOCHS
 
     resumed = subprocess.run(train_command(run_dir, fashion_mnist.source, "--resume"),
                              capture_output=True, text=True, env=child_env(), timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    config = TrainConfig(model="squeezenet_fmnist", augment=True, epochs=3, batch_size=100,
-                         train_subset=2000, device="cpu", precision="fp32")
-    straight = fit(config, fashion_mnist, quiet=True)
+    # The uninterrupted run, in this process: the same training images (and statistics), only
+    # fewer evaluation images, which do not change the weights.
+    same_training = data.FashionMNIST(fashion_mnist.train, fashion_mnist.val.subset(100),
+                                      fashion_mnist.test.subset(100), fashion_mnist.source)
+    config = TrainConfig(model="lenet", augment=True, epochs=KILL_EPOCHS, batch_size=100,
+                         train_subset=1000, device="cpu", precision="fp32")
+    straight = fit(config, same_training, quiet=True)
     final = torch.load(run_dir / rundir.CHECKPOINT, weights_only=True)
+    assert final["epoch"] == KILL_EPOCHS
     for name, weights in straight.model.state_dict().items():
         assert torch.equal(weights, final["model"][name]), name
     metrics, history = train.load_run(run_dir)
-    assert history["test_acc"].tolist() == straight.history["test_acc"].tolist()
+    assert history["train_loss"].tolist() == straight.history["train_loss"].tolist()
     assert not list(run_dir.glob(".*.tmp"))
 
 
 def test_sigint_exits_130_and_says_how_to_resume(fashion_mnist, tmp_path):
     run_dir = tmp_path / "run"
-    proc = start_and_wait_for_checkpoint(train_command(run_dir, fashion_mnist.source), run_dir)
+    # many epochs: however slow this process is to react, the signal lands before the end
+    proc = start_and_wait_for_checkpoint(train_command(run_dir, fashion_mnist.source, epochs=50), run_dir)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 130, f"exit {proc.returncode}: {stderr}"
     assert "Traceback" not in stderr
     assert f"saved in {run_dir}" in stderr and "continue with resume=True (command line: --resume)" in stderr
     assert not (run_dir / rundir.METRICS).exists()
@@ -585,7 +594,7 @@ from hypothesis.extra import numpy as hnp  # noqa: E402
 
 arrays = st.integers(1, 3).flatmap(lambda ndim: hnp.arrays(
     np.uint8, hnp.array_shapes(min_dims=ndim, max_dims=ndim, min_side=1, max_side=5)))
-PROPERTY = settings(max_examples=150, deadline=None)
+PROPERTY = settings(max_examples=100, deadline=None)
 
 
 @pytest.fixture(scope="module")
