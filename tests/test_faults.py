@@ -662,3 +662,28 @@ def test_idx_arbitrary_bytes_never_raise_anything_else(scratch, raw, gz, compres
     path = scratch / f"junk-idx-ubyte{'.gz' if gz else ''}"
     path.write_bytes(gzip.compress(raw) if compress else raw)
     read_or_idx_error(path, ndim)
+
+
+def test_notebook_parameters_of_the_wrong_type():
+    with pytest.raises(ValueError, match=r"epochs must be an integer, got 2.5; lr must be a number, got '0.01'"):
+        TrainConfig(lr="0.01", epochs=2.5)
+
+
+def test_cli_non_finite_loss_exits_1_with_the_message(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "train_step", lambda *a, **k: (torch.tensor(float("nan")), None, False))
+    monkeypatch.setattr(data, "load", lambda *a, **k: tiny)
+    code, output = cli(capsys, "train", "--model", "lenet", "--batch-size", "100", "--device", "cpu",
+                       "--out", str(tmp_path / "run"))
+    assert code == 1 and "error: loss is nan at epoch 1, step 1" in output and "Traceback" not in output
+
+
+def test_cli_disk_failure_exits_1_and_keeps_the_previous_file(tiny, tmp_path, monkeypatch, capsys):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio, "torch_save", full_disk)
+    monkeypatch.setattr(data, "load", lambda *a, **k: tiny)
+    code, output = cli(capsys, "train", "--model", "lenet", "--batch-size", "100", "--device", "cpu",
+                       "--epochs", "1", "--quiet", "--out", str(tmp_path / "run"))
+    assert code == 1 and "error: [Errno 28] No space left on device" in output
+    assert "Traceback" not in output
