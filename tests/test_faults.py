@@ -177,6 +177,14 @@ def test_interrupt_while_saving_a_checkpoint_keeps_the_previous_one(tiny, tmp_pa
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_interrupt_just_after_the_checkpoint_rename_counts_it_as_saved(tiny, tmp_path, monkeypatch):
+    interrupt_nth_call(monkeypatch, fileio, "_fsync_dir", 3)  # epoch 1: checkpoint, history; epoch 2
+    with pytest.raises(TrainingInterrupted, match=r"epoch 2 of 2 \(saving its checkpoint\); "
+                                                  r"epochs 1-2 are saved"):
+        fit(TrainConfig(**FAST), tiny, out_dir=tmp_path, quiet=True)
+    assert torch.load(tmp_path / rundir.CHECKPOINT, weights_only=True)["epoch"] == 2
+
+
 def test_interrupt_in_the_first_epoch_says_nothing_is_saved(tiny, tmp_path, monkeypatch):
     interrupt_nth_call(monkeypatch, train, "train_step", 3)
     with pytest.raises(TrainingInterrupted, match=r"in epoch 1 of 2 \(training\); no epoch was saved"):
@@ -665,7 +673,8 @@ def test_idx_arbitrary_bytes_never_raise_anything_else(scratch, raw, gz, compres
 
 
 def test_notebook_parameters_of_the_wrong_type():
-    with pytest.raises(ValueError, match=r"epochs must be an integer, got 2.5; lr must be a number, got '0.01'"):
+    with pytest.raises(ValueError, match=r"epochs must be an integer, got 2.5; "
+                                         r"lr must be a number, got '0.01'"):
         TrainConfig(lr="0.01", epochs=2.5)
 
 

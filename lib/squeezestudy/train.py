@@ -357,6 +357,17 @@ def _open_run_dir(out_path: Path, config: TrainConfig, resume: bool, force: bool
     return None
 
 
+SAVING = "saving its checkpoint"
+
+
+def _file_identity(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 @dataclass
 class _Stage:
     """Where a run is, for the message when it is interrupted."""
@@ -365,8 +376,11 @@ class _Stage:
     phase: str
     saved: int  # epochs in the checkpoint on disk
     started: bool = False
+    replacing: tuple | None = None  # identity of the checkpoint file a save is replacing
 
     def interrupted(self, out_path: Path | None, epochs: int) -> str:
+        if self.phase == SAVING and _file_identity(out_path / CHECKPOINT) != self.replacing:
+            self.saved = self.epoch + 1  # interrupted after the rename: the new checkpoint is there
         if self.epoch >= epochs:
             where = f"interrupted while {self.phase}"
         else:
@@ -523,7 +537,8 @@ def _fit(config: TrainConfig, dataset: fmnist.FashionMNIST | None, data_dir, out
             f"train {row['train_acc']:.4f}  val {val_acc:.4f}  test {test_acc:.4f}  "
             f"{train_s:.1f}s  {row['images_per_s']:,.0f} img/s")
         if out_path is not None:
-            stage.phase = "saving its checkpoint"  # atomic: the previous one stays until replaced
+            stage.phase = SAVING  # atomic: the previous checkpoint stays until the rename
+            stage.replacing = _file_identity(out_path / CHECKPOINT)
             fileio.torch_save({"config": config.to_dict(), "epoch": epoch + 1, "history": history,
                                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict()}, out_path / CHECKPOINT)
