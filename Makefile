@@ -1,19 +1,21 @@
-# Two entry points (see README): `make study` runs the study, `make test` runs the checks.
-# Both create the virtual environment .venv on first use.
+# Entry points (see README): `make study` runs the study, `make test` runs the checks,
+# `make lab` opens the notebooks in JupyterLab.
+# All create the virtual environment .venv on first use, with the pinned versions of constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= full
 JOBS ?= 1
 NBVAL := --nbval-lax --nbval-sanitize-with .nbval-sanitize.cfg
+KERNEL_SPEC := $(VENV)/share/jupyter/kernels/python3/.squeezestudy
 
-.PHONY: study test lint smoke bench env
+.PHONY: study test lint smoke bench env lab kernel constraints
 
 env: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -c constraints.txt -e ".[dev]"
 	touch $@
 
 # Checks the data (downloading it if needed), then runs the notebooks of the profile.
@@ -26,8 +28,26 @@ lint: env
 
 # Library tests, then every notebook under nbval, smoke-sized (SQUEEZESTUDY_SMOKE=1).
 test: lint
+	$(PY) -m squeezestudy.cli report --check
 	$(PY) -m pytest
 	SQUEEZESTUDY_SMOKE=1 $(PY) -m pytest $(NBVAL) notebooks/
+
+# The venv's own python3 kernel (absolute path to .venv/bin/python), so the notebooks
+# run with the squeezestudy package whatever `python` is first on the PATH.
+kernel: $(KERNEL_SPEC)
+
+$(KERNEL_SPEC): $(VENV)/.installed
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)"
+	touch $@
+
+# JupyterLab from the venv, on the repository (extra options: make lab LAB_ARGS="--port 9999").
+lab: kernel
+	$(VENV)/bin/jupyter lab $(LAB_ARGS)
+
+# Pin what .venv has now (after installing or upgrading a package in it).
+constraints: env
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | LC_ALL=C sort -f; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 smoke: env
 	$(PY) -m squeezestudy.cli batch --profile smoke --force

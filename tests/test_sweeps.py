@@ -42,11 +42,17 @@ def test_points_and_plateau(sr_sweep):
     assert list(table.index) == [0.125, 0.5, 1.0]
     assert table.loc[0.5, "test_acc_mean"] == pytest.approx(0.87)
     assert table.loc[0.125, "seeds"] == 2 and table.loc[1.0, "test_acc_std"] == 0
-    # pooled std = sqrt(mean(0.0002, 0.0002, 0)) ~ 0.0115: 0.5 (0.87) is within it of the best (0.87)
-    assert sweeps.plateau(table) == 0.5
-    sharper = table.assign(test_acc_std=0.0)  # no seed noise: the plateau is the best point
+    # Two seeds a point: 0.125 (0.81 +- 0.014) against the best, 0.5 (0.87 +- 0.014): Welch's
+    # interval of the difference (df 2) is 0.06 +- 0.061, it spans zero: not distinguishable.
+    assert sweeps.plateau(table) == 0.125
+    assert not sweeps.against_best(table, 0.125).distinguishable
+    sharper = table.assign(test_acc_std=0.001)  # little seed noise: only the best point qualifies
     sharper.loc[1.0, "test_acc_mean"] = 0.9
     assert sweeps.plateau(sharper) == 1.0
+    sharper.loc[0.5, "test_acc_mean"] = 0.8995  # within noise of the best
+    assert sweeps.plateau(sharper) == 0.5
+    single = table.assign(seeds=1)  # one seed a point: nothing testable, the best point stands
+    assert sweeps.plateau(single) == table.test_acc_mean.idxmax()
 
 
 def test_a_class_never_predicted_is_counted(sr_sweep):

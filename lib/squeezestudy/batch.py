@@ -37,6 +37,8 @@ from pathlib import Path
 
 import yaml
 
+from . import notebook_format
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = REPO_ROOT / "runs.yaml"
 TYPE_NAMES = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,),
@@ -188,6 +190,8 @@ def _kernel_manager(env: dict[str, str]):
     class KernelManager(AsyncKernelManager):
         async def start_kernel(self, **kw):
             kw["env"] = {**os.environ, **kw.get("env", {}), **env}
+            # a caller's MPLBACKEND=Agg would leave the executed notebooks without figures
+            kw["env"].pop("MPLBACKEND", None)
             return await super().start_kernel(**kw)
 
     return KernelManager
@@ -207,6 +211,9 @@ def execute(run: Run, cwd: Path, kernel: str | None = None, env: dict[str, str] 
         message = str(err).strip().splitlines()
         summary = next((line for line in reversed(message) if line.strip()), type(err).__name__)
         return Outcome(run, "failed", time.perf_counter() - start, summary[:300] or traceback.format_exc())
+    finally:
+        if run.output.is_file():  # stored as JupyterLab saves it: opening it changes nothing
+            notebook_format.normalize(run.output)
     return Outcome(run, "ok", time.perf_counter() - start)
 
 

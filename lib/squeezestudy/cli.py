@@ -1,4 +1,4 @@
-"""Command line: `squeezestudy data | train | batch | bench`."""
+"""Command line: `squeezestudy data | train | batch | report | bench`."""
 
 from __future__ import annotations
 
@@ -69,6 +69,12 @@ def _cmd_batch(args) -> int:
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
+def _cmd_report(args) -> int:
+    from .report import main as report_main
+
+    return report_main(args.readme, check=args.check)
+
+
 def _cmd_bench(args) -> int:
     from .bench import main as bench_main
 
@@ -119,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
     p.add_argument("--dry-run", action="store_true", help="validate and list, run nothing")
     p.set_defaults(func=_cmd_batch)
+
+    p = sub.add_parser("report", help="write the README's result tables from outputs/runs "
+                                      "(--check: fail if the committed ones differ)")
+    p.add_argument("--check", action="store_true", help="compare only; exit 1 if any table differs")
+    p.add_argument("--readme", default=str(Path(__file__).resolve().parents[2] / "README.md"))
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("bench", help="training throughput: naive pipeline vs this project's")
     from .bench import add_arguments

@@ -27,17 +27,20 @@ def save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
 
 
 def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 10,
-               size: float = 1.2, path: str | Path | None = None) -> plt.Figure:
-    """uint8 [N, 28, 28] images in a grid, optional title per image."""
+               size: float = 1.2, title_size: float = 10, path: str | Path | None = None) -> plt.Figure:
+    """uint8 [N, 28, 28] images in a grid, optional title per image (room is left for
+    titles of up to two lines at `title_size` points)."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15), squeeze=False)
+    title_inches = 2.6 * title_size / 72 if titles is not None else 0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + title_inches)),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
         ax.imshow(images[i].numpy(), cmap="gray_r", vmin=0, vmax=255)
         if titles is not None:
-            ax.set_title(titles[i], fontsize=7)
+            ax.set_title(titles[i], fontsize=title_size)
     fig.tight_layout()
     return save(fig, path)
 
@@ -128,7 +131,7 @@ def pixel_histogram(images: torch.Tensor, labels: torch.Tensor,
     frame = pd.DataFrame({"mean pixel": images.float().mean((1, 2)).numpy() / 255,
                           "class": np.array(CLASSES)[labels.numpy()]})
     fig, ax = plt.subplots(figsize=(9, 4))
-    sns.boxplot(data=frame, x="class", y="mean pixel", ax=ax, fliersize=1)
+    sns.boxplot(data=frame, x="class", y="mean pixel", order=list(CLASSES), ax=ax, fliersize=1)
     ax.tick_params(axis="x", rotation=30)
     ax.set_title("mean pixel value per image, by class")
     fig.tight_layout()

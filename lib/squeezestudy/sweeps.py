@@ -7,11 +7,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from . import data as fmnist
+from . import stats
 from .evaluate import evaluate
 from .results import collect_runs
 from .summary import size_mb
@@ -20,7 +20,7 @@ from .train import RUNS_DIR, load_predictions, load_trained_model
 # What the paper reports (Iandola et al. 2016), on ImageNet, for the comparisons in the notebooks.
 PAPER = {
     # section 5.1, Figure 3(a): top-5 accuracy rises from 80.3% (SR 0.125, 4.8 MB) to 86.0%,
-    # where it plateaus from SR 0.75 on; SR 1.0 (19 MB) adds size, not accuracy.
+    # where it plateaus from SR 0.75 (19 MB) on; SR 1.0 adds size, not accuracy.
     "sr_plateau": 0.75,
     # section 5.2, Figure 3(b), SR 0.5: top-5 accuracy plateaus at 85.6% from 50% 3x3 filters on.
     "pct3x3_plateau": 0.5,
@@ -74,18 +74,31 @@ def points(runs: pd.DataFrame, by: str) -> pd.DataFrame:
     return table.sort_index()
 
 
-def plateau(table: pd.DataFrame, mean: str = "test_acc_mean", std: str = "test_acc_std"):
-    """The smallest setting (index) whose mean accuracy is within one pooled seed standard
-    deviation of the best mean: past it, the curve is flat within seed noise."""
+def plateau(table: pd.DataFrame, mean: str = "test_acc_mean", std: str = "test_acc_std",
+            n: str = "seeds"):
+    """The smallest setting (index) whose mean accuracy is not distinguishable from the best
+    point's: Welch's 95% interval of (best - setting) includes zero. Past it, a bigger model
+    buys nothing the seeds can tell apart. A point with a single seed cannot be tested and
+    does not qualify (unless it is the best)."""
     if table.empty:
         raise ValueError("no sweep points")
-    best = table[mean].max()
-    return table.index[table[mean] >= best - pooled_std(table, std)][0]
+    best = table[mean].idxmax()
+    for setting in table.index:
+        if setting == best:
+            return setting
+        c = against_best(table, setting, mean, std, n)
+        if c.testable and not c.distinguishable:
+            return setting
+    return best
 
 
-def pooled_std(table: pd.DataFrame, std: str = "test_acc_std") -> float:
-    """The seed standard deviation pooled over all points of a sweep (root mean variance)."""
-    return float(np.sqrt((table[std] ** 2).mean()))
+def against_best(table: pd.DataFrame, setting, mean: str = "test_acc_mean", std: str = "test_acc_std",
+                 n: str = "seeds") -> stats.Comparison:
+    """Welch's comparison of the sweep's best point against `setting`."""
+    best = table[mean].idxmax()
+    b, s = table.loc[best], table.loc[setting]
+    return stats.welch_from_stats(b[mean], b[std], b[n], s[mean], s[std], s[n],
+                                  f"{best:g}", f"{setting:g}")
 
 
 def train_accuracy(run_dirs: list[Path], dataset: fmnist.FashionMNIST) -> pd.DataFrame:

@@ -1,0 +1,211 @@
+"""The README's result tables, generated from `outputs/`: `squeezestudy report` writes them between
+`<!-- report:NAME -->` and `<!-- /report:NAME -->` markers, `squeezestudy report --check` fails
+when the committed README differs from what the runs give (CI runs it)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from . import stats
+from .results import collect_runs
+from .summary import size_mb
+from .train import REPO_ROOT, RUNS_DIR
+
+README = REPO_ROOT / "README.md"
+DEPTH_TRAIN_ACCURACY = REPO_ROOT / "outputs" / "depth" / "train_accuracy.csv"
+MARKER = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
+
+NOTE_MODELS = {"squeezenet_fmnist": "one-Fire SqueezeNet", "lenet": "LeNet (no padding)",
+               "alexnet": "AlexNet at 112x112"}
+
+
+class ReportError(RuntimeError):
+    """The README and the runs disagree, or a marker is missing."""
+
+
+def _runs(pattern: str, runs: pd.DataFrame) -> pd.DataFrame:
+    chosen = runs[runs.run.map(lambda name: re.fullmatch(pattern, name) is not None)]
+    if chosen.empty:
+        raise ReportError(f"no finished run matches {pattern!r} in {RUNS_DIR}; run the batch first")
+    return chosen
+
+
+def _markdown(frame: pd.DataFrame, align: str) -> str:
+    """A GitHub table; `align` has one character per column: l(eft) or r(ight)."""
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def _trained_on(group: pd.DataFrame) -> str:
+    name = group.device_name.iloc[0]
+    device = "CPU" if str(name).startswith("cpu") else name
+    return f"{device}, {group.precision.iloc[0]}, {group.train_time_s.mean() / 60:.1f} min a run"
+
+
+def note_table(runs: pd.DataFrame) -> str:
+    """The note's experiment: the three models, test accuracy over seeds."""
+    from .summary import total_mult_adds
+    from .train import TrainConfig, build_model
+
+    rows = []
+    for model, label in NOTE_MODELS.items():
+        group = _runs(rf"{model}-s\d+", runs)
+        config = TrainConfig(**group.config.iloc[0])
+        macs = total_mult_adds(build_model(config), config.resolved_image_size(), in_channels=1)
+        params = int(group.params.iloc[0])
+        rows.append({"model": label, "parameters (note)": f"{params:,} ({params / 1e6:.2f}M)",
+                     "multiply-adds": f"{macs / 1e6:.2f}M",
+                     "test accuracy, mean ± std": f"**{stats.mean_std(group.test_acc)}%**",
+                     "seeds": len(group), "epochs": int(group.epochs.iloc[0]),
+                     "trained on": _trained_on(group)})
+    return _markdown(pd.DataFrame(rows), "lrrrrrl")
+
+
+def _sweep_table(runs: pd.DataFrame, pattern: str, key: str, title: str, fmt: Callable) -> str:
+    group = _runs(pattern, runs)
+    group = group.assign(**{key: [c["model_kwargs"][key] for c in group.config]})
+    points = stats.aggregate(group, key).sort_index()
+    sizes = group.groupby(key).params.first().map(size_mb)
+    columns = [fmt(v) for v in points.index]
+    frame = pd.DataFrame([["size, MB (fp32)", *[f"{sizes[v]:.2f}" for v in points.index]],
+                          ["seeds", *[int(n) for n in points.n]],
+                          ["test accuracy", *[stats.mean_std(group.loc[group[key] == v, "test_acc"])
+                                              for v in points.index]]],
+                         columns=[title, *columns])
+    return _markdown(frame, "l" + "r" * len(columns))
+
+
+def sr_table(runs: pd.DataFrame) -> str:
+    return _sweep_table(runs, r"design-sr[\d.]+-s\d+", "sr", "squeeze ratio (pct3x3 0.5)", lambda v: f"{v}")
+
+
+def pct_table(runs: pd.DataFrame) -> str:
+    return _sweep_table(runs, r"design-(pct[\d.]+|sr0\.5)-s\d+", "pct3x3", "share of 3x3 filters (SR 0.5)",
+                        lambda v: f"{v:.0%}")
+
+
+DEPTH_SETUPS = {"1 Fire": r"squeezenet_fmnist-s\d+", "8 Fires": r"depth-fire8-s\d+",
+                "1 Fire, augmented": r"depth-fire1-aug-s\d+", "8 Fires, augmented": r"depth-fire8-aug-s\d+"}
+
+
+def depth_table(runs: pd.DataFrame) -> str:
+    """Test accuracy and the train-test gap; training accuracy in eval mode from notebook 09."""
+    train_eval = pd.read_csv(DEPTH_TRAIN_ACCURACY).set_index("run").train_eval_acc
+    rows = []
+    for setup, pattern in DEPTH_SETUPS.items():
+        group = _runs(pattern, runs)
+        train_acc = train_eval.reindex(group.run)
+        if train_acc.isna().any():
+            raise ReportError(f"{DEPTH_TRAIN_ACCURACY} lacks {list(train_acc[train_acc.isna()].index)}; "
+                              "re-execute notebooks/09_depth.ipynb with the checkpoints")
+        rows.append({"setup": setup, "seeds": len(group),
+                     "test accuracy": stats.mean_std(group.test_acc),
+                     "train accuracy (eval mode)": f"{100 * train_acc.mean():.2f}",
+                     "gap, points": f"{100 * (train_acc.mean() - group.test_acc.mean()):.2f}"})
+    return _markdown(pd.DataFrame(rows), "lrrrr")
+
+
+def bypass_table(runs: pd.DataFrame) -> str:
+    rows = []
+    for kind, pattern in {"none": r"design-sr0\.125-s\d+", "simple": r"bypass-simple-s\d+",
+                          "complex": r"bypass-complex-s\d+"}.items():
+        group = _runs(pattern, runs)
+        rows.append({"bypass (SR 0.125)": kind, "parameters": f"{int(group.params.iloc[0]):,}",
+                     "seeds": len(group), "test accuracy": stats.mean_std(group.test_acc)})
+    return _markdown(pd.DataFrame(rows), "lrrr")
+
+
+# (label a, pattern a, label b, pattern b): every comparison the README's prose draws.
+COMPARISONS = [
+    ("AlexNet-112", r"alexnet-s\d+", "one-Fire SqueezeNet", r"squeezenet_fmnist-s\d+"),
+    ("LeNet", r"lenet-s\d+", "one-Fire SqueezeNet", r"squeezenet_fmnist-s\d+"),
+    ("AlexNet-112", r"alexnet-s\d+", "LeNet", r"lenet-s\d+"),
+    ("SR 1.0", r"design-sr1\.0-s\d+", "SR 0.75", r"design-sr0\.75-s\d+"),
+    ("SR 0.75", r"design-sr0\.75-s\d+", "SR 0.5", r"design-sr0\.5-s\d+"),
+    ("3x3 25%", r"design-pct0\.25-s\d+", "3x3 1%", r"design-pct0\.01-s\d+"),
+    ("3x3 75%", r"design-pct0\.75-s\d+", "3x3 50%", r"design-sr0\.5-s\d+"),
+    ("3x3 99%", r"design-pct0\.99-s\d+", "3x3 75%", r"design-pct0\.75-s\d+"),
+    ("simple bypass", r"bypass-simple-s\d+", "no bypass", r"design-sr0\.125-s\d+"),
+    ("complex bypass", r"bypass-complex-s\d+", "no bypass", r"design-sr0\.125-s\d+"),
+    ("complex bypass", r"bypass-complex-s\d+", "simple bypass", r"bypass-simple-s\d+"),
+    ("8 Fires", r"depth-fire8-s\d+", "1 Fire", r"squeezenet_fmnist-s\d+"),
+    ("1 Fire, augmented", r"depth-fire1-aug-s\d+", "1 Fire", r"squeezenet_fmnist-s\d+"),
+    ("8 Fires, augmented", r"depth-fire8-aug-s\d+", "8 Fires", r"depth-fire8-s\d+"),
+]
+
+
+def comparisons(runs: pd.DataFrame, pairs: list[tuple[str, str, str, str]] = COMPARISONS
+                ) -> list[stats.Comparison]:
+    return [stats.welch(_runs(pattern_a, runs).test_acc, _runs(pattern_b, runs).test_acc, label_a, label_b)
+            for label_a, pattern_a, label_b, pattern_b in pairs]
+
+
+def comparison_table(runs: pd.DataFrame, pairs: list[tuple[str, str, str, str]] = COMPARISONS) -> str:
+    rows = []
+    for c in comparisons(runs, pairs):
+        n = f"{c.n_a} / {c.n_b}"
+        interval = f"[{100 * c.low:+.2f}, {100 * c.high:+.2f}]" if c.testable else "–"
+        reading = ("a higher" if c.diff > 0 else "a lower") if c.distinguishable else (
+            "not distinguishable" if c.testable else "untested (one seed)")
+        rows.append({"a − b": f"{c.label_a} − {c.label_b}", "n (a / b)": n,
+                     "difference, points": f"{100 * c.diff:+.2f}", "95% CI": interval,
+                     "p (Welch)": f"{c.p:.2g}" if c.testable else "–", "reading": reading})
+    return _markdown(pd.DataFrame(rows), "lrrrrl")
+
+
+TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
+    "note": note_table, "sr": sr_table, "pct": pct_table, "bypass": bypass_table,
+    "depth": depth_table, "comparisons": comparison_table,
+}
+
+
+def render(runs_dir: str | Path = RUNS_DIR) -> dict[str, str]:
+    runs = collect_runs(runs_dir)
+    return {name: make(runs) for name, make in TABLES.items()}
+
+
+def update(readme: str, tables: dict[str, str]) -> tuple[str, list[str]]:
+    """The README text with every marked table replaced; and the names whose text changed."""
+    found, changed = set(), []
+
+    def replace(match: re.Match) -> str:
+        name = match["name"]
+        if name not in tables:
+            raise ReportError(f"README has a report marker {name!r} that no table fills; "
+                              f"known tables: {', '.join(tables)}")
+        found.add(name)
+        if match["body"] != tables[name]:
+            changed.append(name)
+        return match[1] + tables[name] + match[4]
+
+    text = MARKER.sub(replace, readme)
+    missing = sorted(set(tables) - found)
+    if missing:
+        raise ReportError(f"README lacks the markers of {', '.join(missing)}: add "
+                          + " ".join(f"<!-- report:{m} --> <!-- /report:{m} -->" for m in missing))
+    return text, changed
+
+
+def main(readme: str | Path = README, check: bool = False, runs_dir: str | Path = RUNS_DIR) -> int:
+    readme = Path(readme)
+    text, changed = update(readme.read_text(), render(runs_dir))
+    if check:
+        if changed:
+            print(f"{readme}: tables out of date with {runs_dir}: {', '.join(changed)}; "
+                  "run `squeezestudy report` and commit the README")
+            return 1
+        print(f"{readme}: all {len(TABLES)} tables match the runs")
+        return 0
+    if changed:
+        from . import fileio
+
+        fileio.write_text(readme, text)
+    print(f"{readme}: {len(changed)} of {len(TABLES)} tables updated" + (f" ({', '.join(changed)})"
+                                                                         if changed else ""))
+    return 0

@@ -1,0 +1,124 @@
+"""Statistics for every comparison the study draws: per-group mean ± sample std over seeds, and
+Welch's t-test with a 95% interval of the difference. Wording follows the interval: a difference
+whose interval spans zero is "not distinguishable", never a ranking."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as st
+
+CONFIDENCE = 0.95
+
+
+def aggregate(runs: pd.DataFrame, by: str | Sequence[str], value: str = "test_acc") -> pd.DataFrame:
+    """One row per group of `by`: n (seeds), mean, sample std (ddof 1; NaN for one seed) and the
+    standard error of the mean of `value`. Groups keep their first-seen order."""
+    keys = [by] if isinstance(by, str) else list(by)
+    grouped = runs.groupby(keys, sort=False)[value]
+    table = pd.DataFrame({"n": grouped.count(), "mean": grouped.mean(), "std": grouped.std(ddof=1)})
+    table["sem"] = table["std"] / np.sqrt(table["n"])
+    return table
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Welch's comparison of a against b (difference = mean a - mean b)."""
+
+    label_a: str
+    label_b: str
+    n_a: int
+    n_b: int
+    mean_a: float
+    mean_b: float
+    std_a: float
+    std_b: float
+    diff: float
+    low: float  # the 95% interval of the difference; NaN when a group has one value
+    high: float
+    p: float
+
+    @property
+    def testable(self) -> bool:
+        return not math.isnan(self.low)
+
+    @property
+    def distinguishable(self) -> bool:
+        return self.testable and (self.low > 0 or self.high < 0)
+
+    def verdict(self, scale: float = 100.0, unit: str = "points") -> str:
+        """One sentence whose strength follows the interval."""
+        d = self.diff * scale
+        n = f"n = {self.n_a}" if self.n_a == self.n_b else f"n = {self.n_a} vs {self.n_b}"
+        if not self.testable:
+            return (f"{self.label_a} − {self.label_b} = {d:+.2f} {unit}, untested: "
+                    f"{n} leaves no seed spread for one side")
+        interval = f"95% CI [{self.low * scale:+.2f}, {self.high * scale:+.2f}], p = {self.p:.2g}"
+        if not self.distinguishable:
+            return (f"{self.label_a} and {self.label_b}: not distinguishable at {n} "
+                    f"(difference {d:+.2f} {unit}, {interval})")
+        word = "higher" if d > 0 else "lower"
+        return f"{self.label_a} is {abs(d):.2f} {unit} {word} than {self.label_b} ({n}, {interval})"
+
+    def row(self, scale: float = 100.0) -> dict:
+        return {"a": self.label_a, "b": self.label_b, "n_a": self.n_a, "n_b": self.n_b,
+                "mean_a": self.mean_a * scale, "std_a": self.std_a * scale,
+                "mean_b": self.mean_b * scale, "std_b": self.std_b * scale,
+                "diff": self.diff * scale, "ci_low": self.low * scale, "ci_high": self.high * scale,
+                "p": self.p, "distinguishable": self.distinguishable}
+
+
+def welch(a: Sequence[float], b: Sequence[float], label_a: str = "a", label_b: str = "b") -> Comparison:
+    """Welch's t-test of mean(a) against mean(b), with the 95% interval of the difference
+    (Welch-Satterthwaite degrees of freedom). With a single value on either side there is no
+    spread to test against: the interval and p are NaN."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError(f"cannot compare {label_a!r} and {label_b!r}: one of them has no values")
+    std = [float(v.std(ddof=1)) if len(v) > 1 else math.nan for v in (a, b)]
+    return welch_from_stats(float(a.mean()), std[0], len(a), float(b.mean()), std[1], len(b),
+                            label_a, label_b)
+
+
+def welch_from_stats(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int,
+                     label_a: str = "a", label_b: str = "b") -> Comparison:
+    """`welch` from each side's mean, sample std and n (a table of sweep points, say)."""
+    diff = mean_a - mean_b
+    low = high = p = math.nan
+    if n_a > 1 and n_b > 1:
+        va, vb = std_a**2 / n_a, std_b**2 / n_b
+        se = math.sqrt(va + vb)
+        if se == 0:
+            low = high = diff
+            p = 1.0 if diff == 0 else 0.0
+        else:
+            df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+            half = float(st.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
+            low, high = diff - half, diff + half
+            p = float(2 * st.t.sf(abs(diff) / se, df))
+    return Comparison(label_a, label_b, int(n_a), int(n_b), float(mean_a), float(mean_b),
+                      float(std_a), float(std_b), float(diff), float(low), float(high), float(p))
+
+
+def compare_groups(runs: pd.DataFrame, by: str, pairs: Sequence[tuple], value: str = "test_acc",
+                   labels: dict | None = None) -> pd.DataFrame:
+    """Welch comparisons of `value` between pairs of groups of `by`, one row each."""
+    labels = labels or {}
+    rows = []
+    for a, b in pairs:
+        va, vb = runs.loc[runs[by] == a, value], runs.loc[runs[by] == b, value]
+        c = welch(va, vb, str(labels.get(a, a)), str(labels.get(b, b)))
+        rows.append({**c.row(), "verdict": c.verdict()})
+    return pd.DataFrame(rows)
+
+
+def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    """`90.95 ± 0.38`, or the mean alone for a single value."""
+    values = np.asarray(values, dtype=float) * scale
+    if len(values) < 2:
+        return f"{values.mean():.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"

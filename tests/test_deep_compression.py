@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+from squeezestudy import deep_compression as dc
+from squeezestudy import huffman
+from squeezestudy.models import build
+
+ARCH = {"model": "squeezenet_fmnist", "kwargs": {"num_classes": 10, "in_channels": 1}}
+
+
+def test_huffman_round_trip_and_optimal_length():
+    rng = np.random.default_rng(0)
+    symbols = np.minimum(rng.geometric(0.3, 5000) - 1, 15)
+    lengths = huffman.code_lengths(symbols, 16)
+    data = huffman.encode(symbols, lengths)
+    assert np.array_equal(huffman.decode(data, lengths, len(symbols)), symbols)
+    counts = np.bincount(symbols, minlength=16)
+    p = counts[counts > 0] / counts.sum()
+    entropy_bits = -(p * np.log2(p)).sum() * len(symbols)
+    assert entropy_bits <= huffman.coded_bits(symbols, lengths) < entropy_bits + len(symbols)
+    assert len(data) == -(-huffman.coded_bits(symbols, lengths) // 8)
+    one = np.zeros(10, dtype=np.int64)  # a single symbol still round-trips
+    assert np.array_equal(huffman.decode(huffman.encode(one, huffman.code_lengths(one, 4)),
+                                         huffman.code_lengths(one, 4), 10), one)
+    with pytest.raises(ValueError, match="corrupt"):
+        huffman.decode(data[:10], lengths, len(symbols))
+
+
+def test_kmeans_shares_values_and_keeps_extremes():
+    values = torch.cat([torch.randn(1000) * 0.01, torch.tensor([0.5, -0.4])])
+    centroids, assign = dc.kmeans_1d(values, 16)
+    assert len(centroids) == 16 and assign.max() < 16
+    quantized = centroids[assign]
+    # linear initialisation spends few centroids on the bulk: error within half a grid step (0.03)
+    assert (quantized - values).abs()[:-2].max() < 0.03
+    assert quantized[-2].item() == pytest.approx(0.5) and quantized[-1].item() == pytest.approx(-0.4)
+
+
+def test_file_round_trip_gives_the_compressed_model(tmp_path):
+    torch.manual_seed(0)
+    model = build(ARCH["model"], **ARCH["kwargs"])
+    masks = dc.magnitude_masks(model, 0.3)
+    dc.apply_masks(model, masks)
+    shared = dc.share_weights(model, masks, bits=5)
+    for name, layer in shared.items():  # every kept weight is one of <= 32 shared values
+        w = dict(model.named_parameters())[name].detach()
+        assert torch.unique(w[layer.mask]).numel() <= 32 and (w[~layer.mask] == 0).all()
+        assert layer.mask.float().mean().item() == pytest.approx(0.3, abs=0.01)
+    size = dc.save(tmp_path / "m.sqdc", model, shared, ARCH)
+    assert size == (tmp_path / "m.sqdc").stat().st_size
+    dense_fp32 = sum(p.numel() for p in model.parameters()) * 4
+    assert size < dense_fp32 / 5  # 30% density, 5-bit indices, Huffman-coded
+    loaded = dc.load(tmp_path / "m.sqdc")
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(model.eval()(x), loaded(x))
+
+
+def test_long_gaps_are_bridged_by_fillers():
+    mask = torch.zeros(2000, dtype=torch.bool)
+    mask[[0, 700, 1999]] = True
+    gaps, symbols = dc._gaps_with_fillers(mask, torch.tensor([1, 2, 3]), filler=9)
+    assert (gaps < 256).all() and symbols.tolist().count(9) == len(symbols) - 3
+    positions = np.cumsum(gaps) - 1
+    assert positions[symbols != 9].tolist() == [0, 700, 1999]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "magic", "empty", "garbage-header"])
+def test_a_damaged_file_is_named(tmp_path, damage):
+    model = build(ARCH["model"], **ARCH["kwargs"])
+    masks = dc.magnitude_masks(model, 0.5)
+    path = tmp_path / "m.sqdc"
+    dc.save(path, model, dc.share_weights(model, masks, 4), ARCH)
+    raw = path.read_bytes()
+    path.write_bytes({"truncate": raw[: len(raw) // 2], "magic": b"XXXX" + raw[4:], "empty": b"",
+                      "garbage-header": raw[:10] + b"\xff" * 20 + raw[30:]}[damage])
+    with pytest.raises(dc.CompressedFileError, match=r"m\.sqdc: cannot read it .* write it again"):
+        dc.load(path)
+    with pytest.raises(dc.CompressedFileError, match="no such file"):
+        dc.load(tmp_path / "missing.sqdc")

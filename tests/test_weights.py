@@ -1,0 +1,57 @@
+"""The committed weights: a model loaded by run name predicts what its run recorded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from squeezestudy import data, evaluate, weights
+from squeezestudy.train import RUNS_DIR, load_predictions
+
+N_IMAGES = 500  # the first 500 test images
+
+
+@pytest.mark.parametrize("run", weights.available())
+def test_loaded_model_matches_the_runs_predictions(run, fashion_mnist):
+    model = weights.load_model(run)
+    assert not model.training
+    mean, std = fashion_mnist.mean_std()
+    first = data.Split(fashion_mnist.test.images[:N_IMAGES], fashion_mnist.test.labels[:N_IMAGES])
+    ours = evaluate.predict(model, data.Batches(first, 250, mean=mean, std=std)).argmax(1)
+    recorded = load_predictions(RUNS_DIR / run)[0][:N_IMAGES]
+    assert evaluate.accuracy(ours, first.labels) == evaluate.accuracy(recorded, first.labels)
+    assert (ours == recorded).float().mean().item() >= 0.998  # argmax ties may differ, nothing more
+
+
+def test_the_small_models_of_the_note_are_committed():
+    assert {"lenet-s0", "squeezenet_fmnist-s0"} <= set(weights.available())
+
+
+def test_every_weight_file_is_a_plain_fp32_state_dict():
+    for run in weights.available():
+        state = torch.load(weights.path(run), map_location="cpu", weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+        assert all(v.dtype in (torch.float32, torch.int64) for v in state.values()), run
+
+
+def test_unknown_run_says_what_is_available_and_how_to_get_it(tmp_path):
+    with pytest.raises(weights.WeightsNotFoundError, match=r"available: none.*--only lenet-s9"):
+        weights.load_model("lenet-s9", weights_dir=tmp_path)
+
+
+def test_export_round_trips_a_checkpoint(tmp_path, small_fashion_mnist):
+    from squeezestudy.train import TrainConfig, fit
+
+    config = TrainConfig(model="lenet", epochs=1, batch_size=128, train_subset=2000, device="cpu")
+    result = fit(config, small_fashion_mnist, out_dir=tmp_path / "runs" / "tiny", quiet=True)
+    written = weights.export("tiny", runs_dir=tmp_path / "runs", weights_dir=tmp_path / "weights")
+    assert written == tmp_path / "weights" / "tiny.pt"
+    model = weights.load_model("tiny", weights_dir=tmp_path / "weights", runs_dir=tmp_path / "runs")
+    for ours, theirs in zip(model.state_dict().values(), result.model.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs.cpu().float() if theirs.is_floating_point() else theirs.cpu())
+
+
+def test_export_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(weights.WeightsNotFoundError, match="checkpoint"):
+        weights.export("nothing", runs_dir=tmp_path, weights_dir=tmp_path)
+    assert weights.main(["export", "nothing-here-s0"]) == 1
+    assert weights.main([]) == 2
