@@ -386,6 +386,18 @@ def test_missing_predictions_is_a_file_not_found(run_copy):
         train.load_predictions(run_copy)
 
 
+@pytest.mark.parametrize("how", FAULTS)
+def test_damaged_weights_file(tmp_path, how):
+    from squeezestudy import weights
+
+    run = weights.available()[0]
+    shutil.copy(weights.path(run), tmp_path / f"{run}.pt")
+    damage(tmp_path / f"{run}.pt", how)
+    with pytest.raises(rundir.ResultFileError) as err:
+        weights.load_model(run, weights_dir=tmp_path)
+    assert str(tmp_path / f"{run}.pt") in str(err.value) and "git checkout" in str(err.value)
+
+
 # --- output directories: checked before any work -------------------------------------------------
 
 def test_output_dir_that_is_a_file(tmp_path, monkeypatch, capsys):

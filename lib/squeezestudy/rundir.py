@@ -142,6 +142,24 @@ def read_checkpoint(path: str | Path, map_location="cpu", advice: str = RETRAIN)
     return state
 
 
+def read_weights(path: str | Path, advice: str | None = None) -> dict:
+    """A state dict saved by itself (outputs/weights, outputs/compression): tensors only."""
+    import torch
+
+    path = Path(path)
+    advice = advice or f"restore it from git (git checkout -- {path}) or write it again"
+    _require_file(path, advice)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, pickle and tensor-storage errors all mean a damaged file
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise _fault(path, f"cannot be read as weights ({type(err).__name__}: {first_line}), "
+                     "truncated or corrupt", advice) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise _fault(path, "is not a state dict (parameter name -> tensor)", advice)
+    return state
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
