@@ -253,6 +253,23 @@ def test_forced_retrain_interrupted_leaves_no_old_file(tiny, run_copy, monkeypat
         train.load_run(run_copy)
 
 
+def test_forced_retrain_that_fails_to_start_changes_nothing(run_copy, monkeypatch):
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
+
+    def interrupted_load(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "load", interrupted_load)
+    with pytest.raises(TrainingInterrupted, match=rf"before epoch 1 of 2 \(loading data\); nothing in "
+                                                  rf"{run_copy} was changed"):
+        fit(TrainConfig(**FAST), out_dir=run_copy, quiet=True, force=True)
+    monkeypatch.undo()
+    with pytest.raises(data.DataNotFoundError):
+        fit(TrainConfig(**FAST), out_dir=run_copy, quiet=True, force=True,
+            data_dir=run_copy / "no-data-here")
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir()} == before
+
+
 def test_fit_or_load_resumes_a_stale_mix_instead_of_reading_it(tiny, run_copy, monkeypatch):
     """What the old code left: a finished run's metrics.json beside a new, partial history."""
     state = torch.load(run_copy / rundir.CHECKPOINT, weights_only=True)

@@ -327,9 +327,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 
 def _open_run_dir(out_path: Path, config: TrainConfig, resume: bool, force: bool,
-                  device: torch.device) -> dict | None:
-    """Check the run directory before any work; returns the checkpoint to resume from, if any.
-    Starting over removes the old run's files, metrics.json (the finished marker) first."""
+                  device: torch.device) -> tuple[dict | None, tuple[str, ...]]:
+    """Check the run directory before any work. Returns the checkpoint to resume from (if any)
+    and the old files to delete once training starts (the finished marker first), so that an
+    error found while loading the data leaves the directory as it was."""
     paths.ensure_writable_dir(out_path, "run directory")
     rundir.remove_stale_temporaries(out_path)
     ckpt_path = out_path / CHECKPOINT
@@ -338,8 +339,7 @@ def _open_run_dir(out_path: Path, config: TrainConfig, resume: bool, force: bool
             f"delete it to start the run over, or run without resume and with {FORCE_HINT}"))
         changed = config.differences(state["config"])
         if not changed:
-            rundir.remove(out_path, rundir.RESULT_FILES)  # unfinished until it finishes again
-            return state
+            return state, rundir.RESULT_FILES  # rewritten when the resumed run finishes
         if not force:
             raise ConfigMismatchError(
                 f"{ckpt_path} was written by a different config (differs in: {', '.join(changed)}); "
@@ -353,8 +353,7 @@ def _open_run_dir(out_path: Path, config: TrainConfig, resume: bool, force: bool
             todo = (f"continue it with {RESUME_HINT}, start it over with {FORCE_HINT}, "
                     "or choose another output directory")
         raise RunExistsError(f"{out_path} already holds {existing}; {todo}")
-    rundir.remove(out_path, rundir.RUN_FILES)
-    return None
+    return None, rundir.RUN_FILES
 
 
 SAVING = "saving its checkpoint"
@@ -377,6 +376,7 @@ class _Stage:
     saved: int  # epochs in the checkpoint on disk
     started: bool = False
     replacing: tuple | None = None  # identity of the checkpoint file a save is replacing
+    changed_dir: bool = False  # the old run's files have been deleted
 
     def interrupted(self, out_path: Path | None, epochs: int) -> str:
         if self.phase == SAVING and _file_identity(out_path / CHECKPOINT) != self.replacing:
@@ -388,6 +388,8 @@ class _Stage:
                      f"{epochs} ({self.phase})")
         if out_path is None:
             return f"{where}; nothing is kept on disk (no out_dir was given)"
+        if not self.changed_dir:
+            return f"{where}; nothing in {out_path} was changed"
         if self.saved == 0:
             return f"{where}; no epoch was saved in {out_path} yet: run it again to start over"
         saved = "epoch 1 is" if self.saved == 1 else f"epochs 1-{self.saved} are"
@@ -415,12 +417,13 @@ def fit(
     image_size = config.resolved_image_size()
     precision, channels_last, micro_batch = resolve_defaults(config, device)
     out_path = Path(out_dir) if out_dir is not None else None
-    state = _open_run_dir(out_path, config, resume, force, device) if out_path is not None else None
+    state, old_files = _open_run_dir(out_path, config, resume, force, device) \
+        if out_path is not None else (None, ())
     start_epoch = state["epoch"] if state else 0
     stage = _Stage(start_epoch, "building the model", saved=start_epoch)
     try:
-        return _fit(config, dataset, data_dir, out_path, state, device, image_size, precision,
-                    channels_last, micro_batch, quiet, stage)
+        return _fit(config, dataset, data_dir, out_path, state, old_files, device, image_size,
+                    precision, channels_last, micro_batch, quiet, stage)
     except KeyboardInterrupt:
         raise TrainingInterrupted(stage.interrupted(out_path, config.epochs)) from None
 
@@ -438,8 +441,8 @@ def _restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, sc
 
 
 def _fit(config: TrainConfig, dataset: fmnist.FashionMNIST | None, data_dir, out_path: Path | None,
-         state: dict | None, device: torch.device, image_size: int, precision: str,
-         channels_last: bool, micro_batch: int, quiet: bool, stage: _Stage) -> RunResult:
+         state: dict | None, old_files: tuple[str, ...], device: torch.device, image_size: int,
+         precision: str, channels_last: bool, micro_batch: int, quiet: bool, stage: _Stage) -> RunResult:
     # The model first: a model_kwargs value its builder refuses fails before the data is loaded.
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
@@ -477,6 +480,9 @@ def _fit(config: TrainConfig, dataset: fmnist.FashionMNIST | None, data_dir, out
         history = state["history"]
         start_epoch = state["epoch"]
 
+    if out_path is not None:  # from here the directory holds a run in progress
+        rundir.remove(out_path, old_files)
+        stage.changed_dir = True
     step_model = torch.compile(model) if config.compile else model
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     log(f"{config.model}: {params:,} parameters, {device_label(device)}, {precision}, "
