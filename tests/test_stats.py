@@ -47,3 +47,17 @@ def test_aggregate_groups_by_what_the_caller_names():
     assert both.loc[("b", 0), "n"] == 1 and math.isnan(both.loc[("b", 0), "std"])
     assert stats.mean_std([0.9099, 0.9131, 0.9056]) == "90.95 ± 0.38"
     assert stats.mean_std([0.9176]) == "91.76"
+
+
+def test_paired_differences_against_zero():
+    d = [0.002, -0.001, 0.004, 0.001]
+    c = stats.paired(d, "bf16 − fp32")
+    ref = st.ttest_1samp(d, 0.0)
+    interval = ref.confidence_interval(0.95)
+    assert c.p == pytest.approx(ref.pvalue)
+    assert (c.low, c.high) == (pytest.approx(interval.low), pytest.approx(interval.high))
+    assert not c.distinguishable
+    assert c.verdict().startswith("bf16 − fp32: mean +0.15 points, not distinguishable from zero at n = 4")
+    clear = stats.paired([0.01, 0.011, 0.012])
+    assert clear.verdict().startswith("difference: mean +1.10 points, distinguishable")
+    assert not stats.paired([0.01]).testable

@@ -178,3 +178,17 @@ def train_test_gap(history: pd.DataFrame, hue: str, path: str | Path | None = No
         fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path)
+
+
+def loss_curves(history: pd.DataFrame, hue: str, path: str | Path | None = None) -> plt.Figure:
+    """Validation and test loss per epoch (mean over seeds, band: range): where accuracy stays
+    flat, a rising loss shows a network growing over-confident on what it gets wrong."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for ax, column in zip(axes, ("val_loss", "test_loss"), strict=True):
+        sns.lineplot(data=history, x="epoch", y=column, hue=hue, ax=ax, marker="o", markersize=3,
+                     errorbar=("pi", 100), legend=ax is axes[-1])
+        ax.set_title(column.replace("_", " "))
+        ax.set_ylabel("cross-entropy")
+    sns.move_legend(axes[-1], "upper right", title=None)
+    fig.tight_layout()
+    return save(fig, path)

@@ -159,9 +159,27 @@ def comparison_table(runs: pd.DataFrame, pairs: list[tuple[str, str, str, str]] 
     return _markdown(pd.DataFrame(rows), "lrrrrl")
 
 
+DEEP_COMPRESSION_TABLE = REPO_ROOT / "outputs" / "deep_compression" / "table2.csv"
+
+
+def deep_compression_table(runs: pd.DataFrame) -> str:
+    """The paper's Table 2 at this scale, as notebook 11 measured it (file sizes on disk, test
+    accuracy of the models read back from the files)."""
+    if not DEEP_COMPRESSION_TABLE.is_file():
+        raise ReportError(f"{DEEP_COMPRESSION_TABLE} is missing; execute notebooks/11_deep_compression.ipynb")
+    t = pd.read_csv(DEEP_COMPRESSION_TABLE)
+    rows = [{"model": r.model, "compression": r.compression, "file size": f"{r.file_bytes / 1e3:,.1f} KB",
+             "x smaller than AlexNet-112 (fp32)": f"{r.x_smaller_than_alexnet:,.0f}x",
+             "test accuracy": (stats.mean_std(_runs(r"alexnet-s\d+", runs).test_acc) + " (seeds)"
+                               if r.model == "AlexNet-112" else f"{100 * r.test_acc:.2f}"),
+             "change, points": "" if pd.isna(r.change_points) else f"{r.change_points:+.2f}"}
+            for r in t.itertuples()]
+    return _markdown(pd.DataFrame(rows), "llrrrr")
+
+
 TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "note": note_table, "sr": sr_table, "pct": pct_table, "bypass": bypass_table,
-    "depth": depth_table, "comparisons": comparison_table,
+    "depth": depth_table, "comparisons": comparison_table, "deep_compression": deep_compression_table,
 }
 
 

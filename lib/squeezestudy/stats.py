@@ -58,6 +58,9 @@ class Comparison:
             return (f"{self.label_a} − {self.label_b} = {d:+.2f} {unit}, untested: "
                     f"{n} leaves no seed spread for one side")
         interval = f"95% CI [{self.low * scale:+.2f}, {self.high * scale:+.2f}], p = {self.p:.2g}"
+        if self.label_b == "0":  # paired differences against zero
+            reading = "distinguishable" if self.distinguishable else "not distinguishable"
+            return f"{self.label_a}: mean {d:+.2f} {unit}, {reading} from zero at {n} ({interval})"
         if not self.distinguishable:
             return (f"{self.label_a} and {self.label_b}: not distinguishable at {n} "
                     f"(difference {d:+.2f} {unit}, {interval})")
@@ -122,3 +125,24 @@ def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> 
     if len(values) < 2:
         return f"{values.mean():.{digits}f}"
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def paired(differences: Sequence[float], label: str = "difference") -> Comparison:
+    """A one-sample t-test of paired differences against zero (same recipe and seed, two
+    settings): the 95% interval of the mean difference. Reported as `label` − 0."""
+    d = np.asarray(differences, dtype=float)
+    if len(d) == 0:
+        raise ValueError(f"no paired differences for {label!r}")
+    std = float(d.std(ddof=1)) if len(d) > 1 else math.nan
+    low = high = p = math.nan
+    if len(d) > 1:
+        se = std / math.sqrt(len(d))
+        if se == 0:
+            low = high = float(d.mean())
+            p = 1.0 if d.mean() == 0 else 0.0
+        else:
+            half = float(st.t.ppf(0.5 + CONFIDENCE / 2, len(d) - 1)) * se
+            low, high = float(d.mean()) - half, float(d.mean()) + half
+            p = float(st.ttest_1samp(d, 0.0).pvalue)
+    return Comparison(label, "0", len(d), len(d), float(d.mean()), 0.0, std, 0.0, float(d.mean()),
+                      low, high, p)
