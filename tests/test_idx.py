@@ -1,4 +1,5 @@
 import gzip
+import struct
 
 import numpy as np
 import pytest
@@ -116,3 +117,32 @@ def test_no_network_no_files(tmp_path, monkeypatch):
         data.locate()
     with pytest.raises(data.DataNotFoundError, match="FASHION_MNIST_DIR"):
         data.locate(download=False)
+
+
+def test_corrupt_deflate_stream_is_an_idx_error(tmp_path):
+    """Found by the property test in test_faults.py: a flipped bit inside the deflate data
+    raised zlib.error instead of IdxError."""
+    path = write_idx(tmp_path / "z-idx1-ubyte.gz", np.arange(200) % 7)
+    raw = bytearray(path.read_bytes())
+    for position in range(12, len(raw) - 8):
+        flipped = bytearray(raw)
+        flipped[position] ^= 0x01
+        path.write_bytes(bytes(flipped))
+        try:
+            read_idx(path, expected_ndim=1)
+        except IdxError as err:
+            assert str(path) in str(err)
+
+
+def test_header_with_a_zero_dimension_holds_no_data(tmp_path):
+    path = tmp_path / "e-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", 0, 28, 28))
+    with pytest.raises(IdxError, match=r"shape \(0, 28, 28\), which holds no data"):
+        read_idx(path)
+
+
+def test_huge_header_shape_does_not_overflow(tmp_path):
+    path = tmp_path / "h-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**32 - 1) + bytes(8))
+    with pytest.raises(IdxError, match="truncated"):
+        read_idx(path)

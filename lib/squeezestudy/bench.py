@@ -31,6 +31,7 @@ from . import data as fmnist
 from . import fileio
 from .device import bf16_supported, device_name, pick_device, synchronize
 from .models import spec
+from .paths import ensure_writable_dir
 from .train import REPO_ROOT, TrainConfig, build_model, make_optimizer, resolve_defaults, train_step
 
 OUT_DIR = REPO_ROOT / "outputs" / "benchmarks"
@@ -322,17 +323,16 @@ def main(args: argparse.Namespace) -> int:
     for name in args.models:
         if name not in DEFAULT_BATCH:
             raise ValueError(f"bench knows {', '.join(DEFAULT_BATCH)}; got {name!r}")
-    if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
-        raise ValueError("--steps and --repeats must be >= 1, --warmup >= 0")
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.workers < 0:
+        raise ValueError("--steps and --repeats must be >= 1, --warmup and --workers >= 0")
+    device = pick_device(args.device)
+    out = ensure_writable_dir(args.out, "--out directory")  # before minutes of measuring
     records, peaks = run(args.models, args.steps, args.repeats, args.warmup, args.quick,
                   not args.no_compile, args.device, args.data_dir, args.workers)
-    device = pick_device(args.device)
     meta = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
             "device_name": device_name(device),
             "peak_gflops": {p: v / 1e9 for p, v in peaks.items()},
             "steps": args.steps, "repeats": args.repeats}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "records": [r.__dict__ for r in records]}
     fileio.write_text(out / "throughput.json", json.dumps(payload, indent=2) + "\n")
     table = markdown(records, meta)

@@ -7,6 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from .paths import display_path
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot be used (exit status 2)."""
+
 
 def _cmd_data(args) -> int:
     from . import data
@@ -20,6 +26,18 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _parse_model_kwargs(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--model-kwargs is not valid JSON ({err}); give a JSON object, "
+                         """e.g. --model-kwargs '{"sr": 0.25}'""") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--model-kwargs must be a JSON object of builder arguments, got "
+                         f"{type(value).__name__} {text!r}; e.g. --model-kwargs '{{\"sr\": 0.25}}'")
+    return value
+
+
 def _cmd_train(args) -> int:
     from .train import RUNS_DIR, TrainConfig, fit
 
@@ -28,13 +46,14 @@ def _cmd_train(args) -> int:
         lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
         label_smoothing=args.label_smoothing, augment=args.augment, seed=args.seed,
         device=args.device, precision=args.precision, compile=args.compile,
-        train_subset=args.train_subset, model_kwargs=json.loads(args.model_kwargs),
+        train_subset=args.train_subset, model_kwargs=_parse_model_kwargs(args.model_kwargs),
     )
     out = Path(args.out) if args.out else RUNS_DIR / (args.name or f"{args.model}-s{args.seed}")
-    result = fit(config, out_dir=out, resume=args.resume, quiet=args.quiet, data_dir=args.data_dir)
+    result = fit(config, out_dir=out, resume=args.resume, force=args.force, quiet=args.quiet,
+                 data_dir=args.data_dir)
     m = result.metrics
     print(f"{m['model']}: test {m['test_acc']:.4f}  val {m['val_acc']:.4f}  "
-          f"{m['train_time_s']:.0f}s  {m['images_per_s']:,.0f} img/s  -> {out}")
+          f"{m['train_time_s']:.0f}s  {m['images_per_s']:,.0f} img/s  -> {display_path(out)}")
     return 0
 
 
@@ -90,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name under outputs/runs/ (default: <model>-s<seed>)")
     p.add_argument("--out", help="run directory (overrides --name)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="start over in a run directory that already holds a run (deletes it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
 
@@ -119,16 +140,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input (arguments, data, run directories): one message, exit 2."""
+    from .data import DataNotFoundError
+    from .idx import IdxError
+    from .models import UnknownModelError
+    from .paths import OutputDirError
+    from .rundir import ResultFileError, ResultFileMissingError, RunExistsError
+
+    return (ValueError, UnknownModelError, DataNotFoundError, IdxError, OutputDirError,
+            ResultFileError, ResultFileMissingError, RunExistsError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # fit's TrainingInterrupted says what is saved
+        print(f"\n{err}" if str(err) else "\ninterrupted", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, FileNotFoundError) as err:
+    except FloatingPointError as err:  # NonFiniteLossError: the run stopped, its checkpoint kept
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the disk, not the user: no traceback either, but not a usage error
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,11 +109,8 @@ def locate(directory: str | Path | None = None, download: bool = True) -> Path:
         return RAW_DIR
     if download:
         try:
-            from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
-
-            for train in (True, False):
-                TorchvisionFashionMNIST(str(DATA_ROOT), train=train, download=True)
-        except Exception as err:  # no network, a proxy, a mirror down...
+            download_to(RAW_DIR)
+        except Exception as err:  # no network, a proxy, a mirror down, a full disk...
             raise DataNotFoundError(
                 _missing_message(RAW_DIR, "the default location") + f"\nDownload failed: {err}"
             ) from err
@@ -120,10 +119,43 @@ def locate(directory: str | Path | None = None, download: bool = True) -> Path:
     raise DataNotFoundError(_missing_message(RAW_DIR, "the default location"))
 
 
+def download_to(raw_dir: Path) -> None:
+    """Download the four files with torchvision into a temporary folder next to `raw_dir`, then
+    move each into place with one rename: an interrupted download leaves no partial file where
+    the data is looked for."""
+    from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=raw_dir.parent))
+    try:
+        for train in (True, False):
+            TorchvisionFashionMNIST(str(scratch), train=train, download=True)
+        downloaded = scratch / "FashionMNIST" / "raw"
+        for stem in (stem for pair in FILES.values() for stem in pair[:2]):
+            found = _find_file(downloaded, stem)
+            if found is None:
+                raise DataNotFoundError(f"the download did not produce {stem}")
+            os.replace(found, raw_dir / found.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _missing_message(directory: Path, where: str) -> str:
     names = ", ".join(f"{stem}[.gz]" for pair in FILES.values() for stem in pair[:2])
+    if directory.is_file():
+        problem = f"{directory} ({where}) is a file, not a directory of Fashion-MNIST files."
+    elif not directory.exists():
+        problem = f"Fashion-MNIST not found: {directory} ({where}) does not exist."
+    else:
+        missing = [stem for pair in FILES.values() for stem in pair[:2] if not _find_file(directory, stem)]
+        try:
+            empty = not any(directory.iterdir())
+        except OSError as err:
+            empty, missing = False, [f"(cannot list it: {err.strerror})"]
+        problem = (f"Fashion-MNIST not found in {directory} ({where}): "
+                   f"{'it is empty' if empty else 'missing ' + ', '.join(missing)}.")
     return (
-        f"Fashion-MNIST not found in {directory} ({where}).\n"
+        f"{problem}\n"
         f"Put the four IDX files ({names}) in {RAW_DIR}, "
         f"or set {ENV_VAR}=/path/to/dir that holds them, "
         "or run on a machine with internet so torchvision can download them."

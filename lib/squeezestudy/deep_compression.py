@@ -27,6 +27,7 @@ from torch import nn
 
 from . import fileio, huffman
 from .data import Batches
+from .rundir import read_weights
 
 MAGIC = b"SQDC1\n"
 GAP_BITS = 8  # relative index width: gaps up to 255, longer ones bridged by fillers
@@ -297,7 +298,7 @@ def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: f
 
     kwargs = {"num_classes": fmnist.NUM_CLASSES, "in_channels": 1, **model_kwargs}
     net = build(model, **kwargs)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    net.load_state_dict(read_weights(weights))  # a damaged file: an error naming it
     before = {"val_acc": evaluate(net, batches(dataset.val, False))[1],
               "test_acc": evaluate(net, batches(dataset.test, False))[1]}
     shared = compress(net, batches(dataset.train, True), density, bits, prune_epochs, share_epochs, lr,

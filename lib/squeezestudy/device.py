@@ -23,8 +23,19 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
         chosen = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from err
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but CUDA is not available here; use device='auto'")
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available here; "
+                             "use device='auto' or 'cpu'")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} asked for, but there are only "
+                             f"{torch.cuda.device_count()} CUDA device(s) (cuda:0..); use another index")
+    elif chosen.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"device {device!r} asked for, but MPS (Apple GPU) is not available "
+                             "here; use device='auto' or 'cpu'")
+    elif chosen.type != "cpu":
+        raise ValueError(f"device {device!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return chosen
 
 
@@ -78,6 +89,12 @@ def device_name(device: torch.device) -> str:
         isa = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
         return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {isa})"
     return device.type
+
+
+def device_label(device: torch.device) -> str:
+    """The device for a log line, said once: `cpu (x86_64, 2 threads, AVX2)`, `cuda (NVIDIA H200)`."""
+    name = device_name(device)
+    return name if name.startswith(device.type) else f"{device} ({name})"
 
 
 def synchronize(device: torch.device) -> None:

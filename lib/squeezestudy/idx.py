@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
         raise IdxError(f"{path}: cannot be read ({err}); replace the file with a fresh copy") from err
 
 
@@ -50,7 +52,9 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> torch.Tensor
     if len(raw) < header_len:
         raise IdxError(f"{path}: header cut short ({len(raw)} bytes)")
     shape = struct.unpack(f">{ndim}I", raw[4:header_len])
-    expected = int(np.prod(shape, dtype=np.int64))
+    if ndim == 0 or 0 in shape:
+        raise IdxError(f"{path}: header says shape {tuple(shape)}, which holds no data")
+    expected = math.prod(shape)  # exact: a corrupt header can overflow 64 bits
     actual = len(raw) - header_len
     if actual != expected:
         what = "truncated" if actual < expected else "has trailing bytes"
@@ -78,15 +82,23 @@ def verify_checksums(directory: Path, names: list[str]) -> list[str]:
     sums_file = directory / "SHA256SUMS"
     if not sums_file.is_file():
         return []
+    try:
+        lines = sums_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise IdxError(f"{sums_file}: cannot be read ({err}); fix it or delete it") from None
     listed = {}
-    for line in sums_file.read_text().splitlines():
+    for line in lines:
         parts = line.split()
         if len(parts) == 2:
             listed[parts[1].lstrip("*")] = parts[0].lower()
     verified = []
     for name in names:
         if name in listed:
-            actual = sha256(directory / name)
+            try:
+                actual = sha256(directory / name)
+            except OSError as err:
+                raise IdxError(f"{directory / name}: cannot be read ({err}); replace the file "
+                               "with a fresh copy") from None
             if actual != listed[name]:
                 raise IdxError(
                     f"{directory / name}: SHA-256 {actual} does not match {sums_file} "

@@ -11,6 +11,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from . import fileio
 from .data import CLASSES
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -20,7 +21,8 @@ def save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        fmt = path.suffix.lstrip(".") or "png"
+        fileio.write_with(path, lambda f: fig.savefig(f, format=fmt, dpi=110, bbox_inches="tight"))
     return fig
 
 

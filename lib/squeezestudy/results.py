@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from .rundir import HISTORY, read_history, read_metrics
 from .summary import size_mb
 from .train import RUNS_DIR
 
 
 def collect_runs(runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
-    """One row per finished run (a directory with metrics.json), sorted by run name."""
+    """One row per finished run (a directory with metrics.json), sorted by run name; a damaged
+    metrics.json is an error naming it (a table silently missing a run would mislead)."""
     rows = []
     for metrics_file in sorted(Path(runs_dir).glob("*/metrics.json")):
-        m = json.loads(metrics_file.read_text())
+        m = read_metrics(metrics_file)
         rows.append({
             "run": metrics_file.parent.name, "model": m["model"], "seed": m["seed"],
             "precision": m["precision"], "device": m["device"], "epochs": m["epochs"],
@@ -43,7 +44,7 @@ def describe_recipe(config: dict) -> str:
 def collect_histories(runs: pd.DataFrame, runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
     frames = []
     for _, row in runs.iterrows():
-        h = pd.read_csv(Path(runs_dir) / row["run"] / "history.csv")
+        h = read_history(Path(runs_dir) / row["run"] / HISTORY)
         h.insert(0, "run", row["run"])
         h.insert(1, "model", row["model"])
         h.insert(2, "seed", row["seed"])

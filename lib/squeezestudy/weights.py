@@ -12,7 +12,6 @@ The model is built from the run's own config (outputs/runs/<run>/metrics.json). 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from . import fileio
+from .rundir import read_metrics, read_weights
 from .train import CHECKPOINT, REPO_ROOT, RUNS_DIR, TrainConfig, build_model, load_trained_model
 
 WEIGHTS_DIR = REPO_ROOT / "outputs" / "weights"
@@ -43,7 +43,7 @@ def run_config(run: str, runs_dir: str | Path = RUNS_DIR) -> TrainConfig:
     metrics_file = Path(runs_dir) / run / "metrics.json"
     if not metrics_file.is_file():
         raise WeightsNotFoundError(f"{metrics_file} not found: {run!r} is not a finished run")
-    return TrainConfig(**json.loads(metrics_file.read_text())["config"])
+    return TrainConfig(**read_metrics(metrics_file)["config"])
 
 
 def load_model(run: str, device: str | torch.device = "cpu", weights_dir: str | Path = WEIGHTS_DIR,
@@ -57,7 +57,7 @@ def load_model(run: str, device: str | torch.device = "cpu", weights_dir: str | 
             f"`squeezestudy batch --profile full --only {run}`, then "
             f"`python -m squeezestudy.weights export {run}`.")
     model = build_model(run_config(run, runs_dir))
-    model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+    model.load_state_dict(read_weights(file))  # a damaged file: an error naming it
     return model.to(device).eval()
 
 

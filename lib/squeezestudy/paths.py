@@ -1,0 +1,51 @@
+"""Paths given by the user: shown relative to the repository when inside it, and output
+directories checked before any work is done."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class OutputDirError(ValueError):
+    """An output directory that cannot be created or written to."""
+
+
+def display_path(path: str | Path, root: str | Path = REPO_ROOT) -> str:
+    """`path` relative to `root` (the repository) when it lies inside it, else absolute;
+    never fails for a folder elsewhere, unlike Path.relative_to."""
+    absolute = Path(path).expanduser().resolve()
+    try:
+        return str(absolute.relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(absolute)
+
+
+def ensure_writable_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Create `path` if needed and prove it writable by writing a file there; an
+    OutputDirError naming it and saying what to do otherwise."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{what} {path} is a file, not a directory; choose another path "
+                             "or move the file away")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise OutputDirError(f"{what} {path} cannot be created: a part of the path is a file "
+                             f"({err.strerror}); choose another path") from None
+    except OSError as err:
+        raise OutputDirError(f"{what} {path} cannot be created ({err.strerror}); choose a "
+                             "directory you can write to") from None
+    try:  # os.access is not enough: root, read-only mounts, ACLs
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=path)
+    except OSError as err:
+        raise OutputDirError(f"{what} {path} is not writable ({err.strerror}); fix its "
+                             "permissions or choose another directory") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return path
