@@ -27,6 +27,7 @@ def test_huffman_round_trip_and_optimal_length():
 
 
 def test_kmeans_shares_values_and_keeps_extremes():
+    torch.manual_seed(0)
     values = torch.cat([torch.randn(1000) * 0.01, torch.tensor([0.5, -0.4])])
     centroids, assign = dc.kmeans_1d(values, 16)
     assert len(centroids) == 16 and assign.max() < 16
