@@ -32,8 +32,11 @@ def test_kmeans_shares_values_and_keeps_extremes():
     centroids, assign = dc.kmeans_1d(values, 16)
     assert len(centroids) == 16 and assign.max() < 16
     quantized = centroids[assign]
-    # linear initialisation spends few centroids on the bulk: error within half a grid step (0.03)
-    assert (quantized - values).abs()[:-2].max() < 0.03
+    nearest = centroids[(values[:, None] - centroids[None]).abs().argmin(1)]
+    assert torch.equal(quantized, nearest)  # every value goes to its nearest shared value
+    grid = torch.linspace(-0.4, 0.5, 16)  # Lloyd's iterations improve on the initial grid
+    on_grid = grid[(values[:, None] - grid[None]).abs().argmin(1)]
+    assert ((quantized - values) ** 2).mean() < 0.5 * ((on_grid - values) ** 2).mean()
     assert quantized[-2].item() == pytest.approx(0.5) and quantized[-1].item() == pytest.approx(-0.4)
 
 
