@@ -331,14 +331,16 @@ class BatchInterrupted(KeyboardInterrupt):
 def run_batch(profile: str, only: list[str] | None = None, force: bool = False, jobs: int | None = None,
               manifest_path: str | Path = MANIFEST, kernel: str | None = None, dry_run: bool = False,
               gpus: list[str] | None = None, scheduler: str | None = None,
-              scheduler_file: str | None = None, root: Path = REPO_ROOT, echo=print) -> list[Outcome]:
+              scheduler_file: str | None = None, root: Path | None = None, echo=print) -> list[Outcome]:
     """Check the manifest, then execute a profile (or the runs named in `only`) on Dask; returns
     one outcome per run. jobs: workers of a local cluster; scheduler / scheduler_file: an existing
     cluster instead. gpus: GPU ids (e.g. ["0", "1"]) for the local cluster's workers, one
     CUDA_VISIBLE_DEVICES each (round-robin when there are more workers than GPUs).
-    Raises BatchInterrupted (with the outcomes) on Ctrl-C."""
+    Paths in the manifest are relative to `root` (default: the project). Raises BatchInterrupted
+    (with the outcomes) on Ctrl-C."""
     from . import batch_cluster
 
+    root = root or REPO_ROOT
     target = batch_cluster.ClusterTarget.from_options(jobs, gpus, scheduler, scheduler_file)
     manifest = load_manifest(manifest_path)
     if profile not in manifest["profiles"]:

@@ -171,13 +171,17 @@ def _describe(client, target: ClusterTarget) -> str:
             f"on {len(hosts)} host(s){gpu_text}")
 
 
-def _relative(path: Path, root: Path) -> str:
-    return path.resolve().relative_to(root.resolve()).as_posix()
+def _relative(path: Path, root: Path) -> str | None:
+    """`path` relative to the project root (POSIX), None when it lies outside."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
 
 
 def _files_of(directory: Path, root: Path, weights: bool) -> dict[str, bytes]:
     """A run directory's files on this machine (weights *.pt only when `weights`)."""
-    if not directory.is_dir():
+    if not directory.is_dir() or _relative(directory, root) is None:
         return {}
     return {_relative(p, root): p.read_bytes() for p in sorted(directory.rglob("*"))
             if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp"))
@@ -220,8 +224,8 @@ class _Batch:
         if run.always:
             above = self.runs[:self.runs.index(run)]
             others = [r for r in self.todo if r not in above and r.run_dir is not None and not r.always]
-            exclude = tuple(_relative(r.run_dir, self.root) for r in others) \
-                + tuple(_relative(r.output, self.root) for r in self.runs)
+            exclude = tuple(p for p in (_relative(r.run_dir, self.root) for r in others) if p) \
+                + tuple(p for p in (_relative(r.output, self.root) for r in self.runs) if p)
             if not self.shared:
                 for r in above:
                     if r.run_dir is not None and not r.always:
@@ -229,9 +233,10 @@ class _Batch:
         elif run.run_dir is not None and not self.shared:
             inputs = _files_of(run.run_dir, self.root, weights=True)  # an unfinished run resumes
         return RunTask(
-            batch_id=self.batch_id, name=run.name, notebook_path=_relative(run.notebook, self.root),
+            batch_id=self.batch_id, name=run.name,
+            notebook_path=_relative(run.notebook, self.root) or run.notebook.name,
             notebook=run.notebook.read_bytes(), parameters=run.parameters, env=self.env, kernel=self.kernel,
-            run_dir=_relative(run.run_dir, self.root) if run.run_dir is not None else None,
+            run_dir=_relative(run.run_dir, self.root) if run.run_dir is not None else None,  # outside: stays
             exclude=exclude, inputs=inputs, client_host=socket.gethostname(),
             client_root=str(self.root.resolve()), host_threads=self.host_threads)
 
