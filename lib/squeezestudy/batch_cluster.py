@@ -118,8 +118,11 @@ def _local_cluster(target: ClusterTarget, root: Path):
             options["resources"] = {"GPU": 1}
         return {"cls": Nanny, "options": options}
 
-    # one task a worker at a time: a queued run is never held by a worker that may die
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), _ignoring_sigint():
+    # One task a worker at a time: a queued run is never held by a worker that may die. The
+    # nanny's thread variables (OMP_NUM_THREADS=1...) are not set: each run gets its share.
+    no_thread_limits = {"OMP_NUM_THREADS": None, "MKL_NUM_THREADS": None, "OPENBLAS_NUM_THREADS": None}
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
+                          "distributed.nanny.pre-spawn-environ": no_thread_limits}), _ignoring_sigint():
         return SpecCluster(scheduler=scheduler, workers={i: worker(i) for i in range(target.jobs)},
                            silence_logs=logging.ERROR, name="squeezestudy")
 
@@ -409,6 +412,8 @@ def execute(runs: list[Run], todo: list[Run], env: dict[str, str], kernel: str |
     """Execute `todo` (a subset of `runs`, the profile in manifest order) on the cluster."""
     if not todo:
         return []
+    if target.local and "OMP_NUM_THREADS" in os.environ and "OMP_NUM_THREADS" not in env:
+        env = {**env, "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}  # this shell's choice
     with connect(target, root, echo) as client:
         echo(_describe(client, target))
         link = _dashboard_link(client)

@@ -149,10 +149,11 @@ def _announce(batch_id: str, message: dict) -> None:
 
 def _kernel_env(task: RunTask, address: str) -> dict[str, str]:
     """The run's environment on top of the worker's: the profile's variables and, unless the
-    worker or the profile set it, the cores of this host shared among the worker threads there
-    (one run a thread)."""
+    client sent it, OMP_NUM_THREADS sharing this host's cores among the worker threads there
+    (one run a thread). The worker's own OMP_NUM_THREADS is not the run's: a Dask nanny sets
+    it to 1 for the worker's threads."""
     env = dict(task.env)
-    if "OMP_NUM_THREADS" not in env and "OMP_NUM_THREADS" not in os.environ:
+    if "OMP_NUM_THREADS" not in env:
         host = address.split("://")[-1].rsplit(":", 1)[0]
         sharing = max(1, task.host_threads.get(host, 1))
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // sharing))
