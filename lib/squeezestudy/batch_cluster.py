@@ -28,7 +28,8 @@ from . import fileio
 from .batch import Outcome, Run
 from .batch_task import EVENT_TOPIC, MAX_RETURNED_BYTES, ROOT_ENV, RunResult, RunTask
 
-ATTEMPTS = 2  # a run whose worker dies is run once more
+ATTEMPTS = 2  # a run whose worker dies while running it is run once more
+REQUEUES = 5  # a run whose worker died before it started is submitted again, this many times at most
 CONNECT_TIMEOUT_S = 20
 WORKER_WAIT_S = 60
 STOP_GRACE_S = 30  # after Ctrl-C, how long interrupted runs get to hand back their notebook and files
@@ -205,6 +206,8 @@ class _Batch:
         self.outcomes: dict[str, Outcome] = {}
         self.started: set[str] = set()
         self.notes: dict[str, str] = {}
+        self.deaths: dict[str, int] = {}  # run -> workers that died running it
+        self.requeues: dict[str, int] = {}  # run -> workers that died holding it, not yet started
         self.written: dict[Path, tuple[str, int]] = {}  # path -> (host, mtime_ns) of the copy written
         # readers (always: true) wait for the training runs above them that this batch executes
         position = {r.name: i for i, r in enumerate(runs)}
@@ -287,13 +290,10 @@ class _Batch:
         try:
             result: RunResult = future.result()
         except KilledWorker:
-            if attempt < ATTEMPTS:
-                self.echo(f"retry  {run.name}: its worker died; running it again ({attempt + 1}/{ATTEMPTS})")
-                self.notes[run.name] = "retried: its first worker died"
-                self.started.discard(run.name)
-                self.submit(run, attempt + 1)
+            if self.retry(run, attempt):
                 return
-            outcome = Outcome(run, "failed", error=f"its worker died {ATTEMPTS} times")
+            outcome = Outcome(run, "failed", error=f"its worker died {self.deaths.get(run.name, 0)} times"
+                              if self.deaths.get(run.name) else "its workers kept dying before it started")
         except Exception as err:  # the task never ran: e.g. a worker without squeezestudy
             outcome = Outcome(run, "failed", error=f"{type(err).__name__}: {err}"[:300])
         else:
@@ -307,6 +307,26 @@ class _Batch:
         tail = f"  {outcome.error}" if outcome.error else ""
         done = sum(o.run in self.todo for o in self.outcomes.values())
         self.echo(f"[{done}/{len(self.todo)}] {outcome.status:6s} {run.name} ({outcome.seconds:.0f}s){tail}")
+
+    def retry(self, run: Run, attempt: int) -> bool:
+        """A worker died holding `run`: submit it again if it had not started there, or if this
+        was the first worker to die running it. The scheduler must not retry by itself (a local
+        cluster's does not: allowed-failures 0; README, On a cluster)."""
+        self.drain_events()
+        ran = run.name in self.started
+        self.started.discard(run.name)
+        counts = self.deaths if ran else self.requeues
+        counts[run.name] = counts.get(run.name, 0) + 1
+        if self.deaths.get(run.name, 0) >= ATTEMPTS or self.requeues.get(run.name, 0) > REQUEUES:
+            return False
+        if ran:
+            self.echo(f"retry  {run.name}: its worker died; running it again "
+                      f"({self.deaths[run.name] + 1}/{ATTEMPTS})")
+            self.notes[run.name] = "retried: its first worker died"
+        else:
+            self.echo(f"again  {run.name}: its worker died before it started; queued again")
+        self.submit(run, attempt + 1)
+        return True
 
     def drain_events(self) -> None:
         while True:
