@@ -6,7 +6,16 @@ import json
 import nbformat
 import pytest
 import yaml
-from squeezestudy.batch import MANIFEST, ManifestError, Outcome, Run, check, expand, load_manifest, summary_table
+from squeezestudy.batch import (
+    MANIFEST,
+    ManifestError,
+    Outcome,
+    Run,
+    check,
+    expand,
+    load_manifest,
+    summary_table,
+)
 from squeezestudy.cli import main
 
 
@@ -137,7 +146,7 @@ def test_every_problem_of_every_profile_in_one_error(project, capsys):
     (["--jobs", "0"], "--jobs must be at least 1"),
     (["--gpus", ""], "--gpus needs GPU ids"),
     (["--scheduler", "tcp://127.0.0.1:1", "--jobs", "2"], "--jobs and --gpus start a local cluster"),
-    (["--scheduler-file", "/nonexistent/scheduler.json"], "scheduler file /nonexistent/scheduler.json not found"),
+    (["--scheduler-file", "/nonexistent/s.json"], "scheduler file /nonexistent/s.json not found"),
 ])
 def test_cluster_options_are_checked_first(project, args, message, capsys):
     assert batch_cli(project, *args) == 2
@@ -186,7 +195,8 @@ def test_an_interrupted_notebook_is_not_done(project):
 
 def test_summary_counts_interrupted_and_cancelled_runs(tmp_path):
     def outcome(name, status, seconds=0.0, note=""):
-        return Outcome(Run(name, tmp_path / "n.ipynb", tmp_path / f"{name}.ipynb"), status, seconds, note=note)
+        run = Run(name, tmp_path / "n.ipynb", tmp_path / f"{name}.ipynb")
+        return Outcome(run, status, seconds, note=note)
 
     table = summary_table([outcome("a", "ok", 60, note="retried: its first worker died"),
                            outcome("b", "interrupted", 30), outcome("c", "cancelled")])

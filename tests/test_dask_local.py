@@ -19,7 +19,8 @@ d.mkdir(parents=True, exist_ok=True)
 (d / 'metrics.json').write_text(json.dumps({'seed': seed}))"""
 ENV_BODY = "import os\nprint(os.environ['STUDY_TEST_VAR'], os.environ['CUDA_VISIBLE_DEVICES'], " \
            "os.environ['OMP_NUM_THREADS'], name)"
-READER_BODY = "import json, pathlib\nprint(json.loads(pathlib.Path('outputs/runs/t-0/metrics.json').read_text()))"
+READER_BODY = "import json, pathlib\n" \
+              "print(json.loads(pathlib.Path('outputs/runs/t-0/metrics.json').read_text()))"
 
 
 def text_of(notebook: Path) -> str:
@@ -52,7 +53,7 @@ def test_local_cluster_environments_readers_failures_and_skips(tmp_path, monkeyp
     assert status == {"t-0": "ok", "reader": "ok", "broken": "failed", "env-0": "ok", "env-1": "ok"}
     assert "boom" in next(o for o in outcomes if o.status == "failed").error
     assert text_of(tmp_path / "out" / "reader.ipynb") == "{'seed': 0}\n"  # it ran after t-0
-    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
     seen = {text_of(tmp_path / "out" / f"env-{i}.ipynb") for i in (0, 1)}
     assert seen <= {f"7 3 {threads} b\n", f"7 5 {threads} b\n"}  # the profile's variable, a GPU each
     assert any(line.startswith("dask: local cluster on 127.0.0.1, 2 worker") for line in lines)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import fileio
 from .batch import Outcome, Run
-from .batch_task import EVENT_TOPIC, MAX_RETURNED_BYTES, ROOT_ENV, RunResult, RunTask
+from .batch_task import EVENT_TOPIC, MAX_RETURNED_BYTES, ROOT_ENV, RunResult, RunTask, usable_cores
 
 ATTEMPTS = 2  # a run whose worker dies while running it is run once more
 REQUEUES = 5  # a run whose worker died before it started is submitted again, this many times at most
@@ -170,7 +170,7 @@ def _describe(client, target: ClusterTarget) -> str:
     gpu_text = f", {gpus:g} GPU slot(s)" if gpus else ""
     if target.local:
         return (f"dask: local cluster on 127.0.0.1, {len(workers)} worker process(es) of 1 thread, "
-                f"{max(1, (os.cpu_count() or 1) // len(workers))} core(s) a run{gpu_text}")
+                f"{max(1, usable_cores() // len(workers))} core(s) a run{gpu_text}")
     return (f"dask: scheduler {client.scheduler.address}, {len(workers)} worker(s), {threads} thread(s) "
             f"on {len(hosts)} host(s){gpu_text}")
 

@@ -147,6 +147,13 @@ def _announce(batch_id: str, message: dict) -> None:
         pass
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a SLURM job's or a container's share, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _kernel_env(task: RunTask, address: str) -> dict[str, str]:
     """The run's environment on top of the worker's: the profile's variables and, unless the
     client sent it, OMP_NUM_THREADS sharing this host's cores among the worker threads there
@@ -156,7 +163,7 @@ def _kernel_env(task: RunTask, address: str) -> dict[str, str]:
     if "OMP_NUM_THREADS" not in env:
         host = address.split("://")[-1].rsplit(":", 1)[0]
         sharing = max(1, task.host_threads.get(host, 1))
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // sharing))
+        env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // sharing))
     return env
 
 
