@@ -73,6 +73,14 @@ def test_a_training_notebook_has_its_run_directory(project, monkeypatch):
     assert run.run_dir == project / "outputs" / "smoke" / "runs" / "lenet-s3"  # the notebook's default name
 
 
+def test_the_run_directory_rule_is_the_notebooks():
+    from squeezestudy import batch, notebook, train
+
+    assert train.RUNS_DIR == train.REPO_ROOT / batch.RUNS_SUBDIR
+    assert notebook.SMOKE_RUNS_DIR == train.REPO_ROOT / batch.SMOKE_RUNS_SUBDIR
+    assert notebook.SMOKE_ENV == batch.SMOKE_ENV
+
+
 def test_unknown_or_mistyped_parameter_runs_nothing(project, capsys):
     manifest = yaml.safe_load((project / "runs.yaml").read_text())
     manifest["profiles"]["p"]["runs"][0]["parameters"] = {"x": "three", "colour": 1}
@@ -140,6 +148,14 @@ def test_every_problem_of_every_profile_in_one_error(project, capsys):
     assert "profile p, run b: parameter 'x' is str '1', the notebook expects int" in err
     assert "profile other, entry 1 (c): notebook gone.ipynb not found" in err
     assert "profile other: unknown key 'envv'" in err
+
+
+def test_an_unreadable_notebook_is_named(project, capsys):
+    (project / "ok.ipynb").write_text("{not json")
+    assert batch_cli(project, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "profile p, run good-0: notebook" in err and "ok.ipynb cannot be read" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -44,6 +44,12 @@ ENTRY_KEYS = {"name": "str", "notebook": "str", "output": "str", "seeds": "list"
               "parameters": "dict", "always": "bool"}
 REQUIRED_KEYS = ("name", "notebook", "output")
 PROFILE_KEYS = ("runs", "env")
+# Where notebook 05 puts its runs (train.RUNS_DIR, notebook.SMOKE_RUNS_DIR and SMOKE_ENV, which a
+# test keeps equal): written out here because importing them would import torch, seconds of
+# every batch's start on a 2-core machine.
+RUNS_SUBDIR = Path("outputs") / "runs"
+SMOKE_RUNS_SUBDIR = Path("outputs") / "smoke" / "runs"
+SMOKE_ENV = "SQUEEZESTUDY_SMOKE"
 
 
 class ManifestError(ValueError):
@@ -223,7 +229,12 @@ def notebook_parameters(notebook: Path) -> dict[str, tuple[str, object]]:
 
     if not notebook.is_file():
         raise ManifestError(f"notebook {notebook} not found")
-    found = papermill.inspect_notebook(str(notebook))
+    try:
+        found = papermill.inspect_notebook(str(notebook))
+    except Exception as err:  # not JSON, not a notebook: nbformat's and papermill's own errors
+        raise ManifestError(f"notebook {notebook} cannot be read ({type(err).__name__}: "
+                            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
+                            "restore it from git") from None
     return {name: (_declared_type(info), _default(info)) for name, info in found.items()}
 
 
@@ -266,17 +277,13 @@ def run_directory(run: Run, declared: dict[str, tuple[str, object]], env: dict[s
     the notebook's own rule (`notebook.training_setup`) applied to its parameters."""
     if "run_name" not in declared:
         return None
-    from .notebook import SMOKE_ENV, SMOKE_RUNS_DIR
-    from .train import REPO_ROOT as PACKAGE_ROOT
-    from .train import RUNS_DIR
-
     values = {name: default for name, (_, default) in declared.items()} | run.parameters
     name = values.get("run_name") or f"{values.get('model')}-s{values.get('seed')}"
     if env.get(SMOKE_ENV, os.environ.get(SMOKE_ENV, "")) not in ("", "0", "false"):
-        return root / SMOKE_RUNS_DIR.relative_to(PACKAGE_ROOT) / name
+        return root / SMOKE_RUNS_SUBDIR / name
     if values.get("output_dir"):
         return (run.notebook.parent / values["output_dir"] / name).resolve()
-    return root / RUNS_DIR.relative_to(PACKAGE_ROOT) / name
+    return root / RUNS_SUBDIR / name
 
 
 def check(manifest: dict, root: Path = REPO_ROOT) -> dict[str, list[Run]]:
@@ -288,16 +295,22 @@ def check(manifest: dict, root: Path = REPO_ROOT) -> dict[str, list[Run]]:
         runs, found = _expand(manifest, profile, root)
         problems += found
         expanded[profile] = runs
-    cache: dict[Path, dict[str, tuple[str, object]]] = {}
+    cache: dict[Path, dict[str, tuple[str, object]] | None] = {}
     for profile, runs in expanded.items():
         spec = manifest["profiles"][profile]
         env = {k: str(v) for k, v in (spec.get("env") or {}).items()} if isinstance(spec, dict) \
             and isinstance(spec.get("env"), dict) else {}
         for run in runs:
             if run.notebook not in cache:
-                cache[run.notebook] = notebook_parameters(run.notebook)
-            problems += [f"profile {profile}, run {p}" for p in _parameter_problems(run, cache[run.notebook])]
-            run.run_dir = run_directory(run, cache[run.notebook], env, root)
+                try:
+                    cache[run.notebook] = notebook_parameters(run.notebook)
+                except ManifestError as err:
+                    cache[run.notebook] = None
+                    problems.append(f"profile {profile}, run {run.name}: {err}")
+            declared = cache[run.notebook]
+            if declared is not None:
+                problems += [f"profile {profile}, run {p}" for p in _parameter_problems(run, declared)]
+                run.run_dir = run_directory(run, declared, env, root)
         owners: dict[Path, list[str]] = {}
         for run in runs:
             if run.run_dir is not None and not run.always:
