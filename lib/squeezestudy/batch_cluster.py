@@ -352,9 +352,9 @@ class _Batch:
                 else:
                     self.submit(run)
             while self.futures:
-                self.drain_events()
                 for future in [f for f in self.futures if f.done()]:
                     self.finish(future)
+                self.drain_events()  # after the ends: the runs that took their workers start after
                 self.submit_ready()
                 time.sleep(POLL_S)
             self.drain_events()
@@ -380,19 +380,23 @@ class _Batch:
             for future in queued:
                 run, _ = self.futures.pop(future)
                 self.outcomes[run.name] = Outcome(run, "cancelled")
-            with contextlib.suppress(Exception):
-                self.client.run(batch_task.interrupt_kernels, self.batch_id, wait=True)
             deadline = time.monotonic() + STOP_GRACE_S
-            killed = False
+            killed, next_interrupt = False, 0.0
             while self.futures:
                 for future in [f for f in self.futures if f.done()]:
                     self.finish_interrupted(future)
-                if not killed and time.monotonic() > deadline:
+                now = time.monotonic()
+                if not killed and now > deadline:
                     with contextlib.suppress(Exception):
                         self.client.run(batch_task.kill_kernels, self.batch_id, wait=True)
-                    killed, deadline = True, time.monotonic() + 10
-                elif killed and time.monotonic() > deadline:
+                    killed, deadline = True, now + 10
+                elif killed and now > deadline:
                     break
+                elif not killed and now >= next_interrupt:
+                    # again every 2 s: a kernel still starting, or between two cells, ignores it
+                    with contextlib.suppress(Exception):
+                        self.client.run(batch_task.interrupt_kernels, self.batch_id, wait=True)
+                    next_interrupt = now + 2
                 time.sleep(POLL_S)
             for run, _ in self.futures.values():
                 self.outcomes[run.name] = Outcome(run, "interrupted", error="did not stop in time; killed")
