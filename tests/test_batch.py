@@ -1,108 +1,188 @@
+"""The manifest: expansion, parameters against the notebooks, and every structural mistake
+reported at once, before anything runs (the executor itself: tests/test_dask_*.py)."""
+
 import json
 
 import nbformat
 import pytest
 import yaml
-from squeezestudy.batch import ManifestError, expand, load_manifest, run_batch, summary_table
+from squeezestudy.batch import (
+    MANIFEST,
+    ManifestError,
+    Outcome,
+    Run,
+    check,
+    expand,
+    load_manifest,
+    summary_table,
+)
 from squeezestudy.cli import main
 
 
-def make_notebook(path, body="print(x * 2)"):
+def make_notebook(path, body="print(x * 2)", params="x = 1\nname = 'a'\nrate = 0.5"):
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("x = 1\nname = 'a'\nrate = 0.5")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
     return path
 
 
+TRAIN_PARAMS = "model = 'net'\nseed = 0\nrun_name = None\noutput_dir = None\ndevice = 'auto'"
+
+
 @pytest.fixture
-def project(tmp_path):
+def project(tmp_path, monkeypatch):
+    import squeezestudy.batch as batch
+
+    monkeypatch.setattr(batch, "REPO_ROOT", tmp_path)  # the manifest's paths are relative to it
     make_notebook(tmp_path / "ok.ipynb")
-    make_notebook(tmp_path / "bad.ipynb", body="raise RuntimeError('boom')")
-    make_notebook(tmp_path / "env.ipynb", body="import os\nprint(os.environ['STUDY_TEST_VAR'], name)")
+    make_notebook(tmp_path / "train.ipynb", body="pass", params=TRAIN_PARAMS)
     manifest = {"profiles": {"p": {"env": {"STUDY_TEST_VAR": "7"}, "runs": [
         {"name": "good-{seed}", "notebook": "ok.ipynb", "output": "out/{name}.ipynb", "seeds": [0, 1],
          "parameters": {"x": "{seed}", "rate": 2}},
-        {"name": "broken", "notebook": "bad.ipynb", "output": "out/broken.ipynb"},
-        {"name": "env", "notebook": "env.ipynb", "output": "out/env.ipynb",
-         "parameters": {"name": "b"}},
+        {"name": "t-{seed}", "notebook": "train.ipynb", "output": "out/{name}.ipynb", "seeds": [0],
+         "parameters": {"seed": "{seed}", "run_name": "{name}"}},
     ]}}}
     (tmp_path / "runs.yaml").write_text(yaml.safe_dump(manifest))
     return tmp_path
 
 
+def batch_cli(project, *args):
+    return main(["batch", "--profile", "p", "--manifest", str(project / "runs.yaml"), *args])
+
+
 def test_expand_fills_seeds_and_keeps_int_type(project):
     runs = expand(load_manifest(project / "runs.yaml"), "p", root=project)
-    assert [r.name for r in runs] == ["good-0", "good-1", "broken", "env"]
+    assert [r.name for r in runs] == ["good-0", "good-1", "t-0"]
     assert runs[1].parameters == {"x": 1, "rate": 2}
     with pytest.raises(ManifestError, match="unknown profile 'q'; the manifest has p"):
         expand(load_manifest(project / "runs.yaml"), "q", root=project)
 
 
-def test_unknown_or_mistyped_parameter_runs_nothing(project, monkeypatch):
-    import squeezestudy.batch as batch
+def test_a_training_notebook_has_its_run_directory(project, monkeypatch):
+    monkeypatch.delenv("SQUEEZESTUDY_SMOKE", raising=False)
+    runs = check(load_manifest(project / "runs.yaml"), root=project)["p"]
+    assert runs[0].run_dir is None  # ok.ipynb has no run_name: not a training run
+    assert runs[2].run_dir == project / "outputs" / "runs" / "t-0"
+    manifest = load_manifest(project / "runs.yaml")
+    manifest["profiles"]["p"]["env"]["SQUEEZESTUDY_SMOKE"] = "1"
+    manifest["profiles"]["p"]["runs"][1]["parameters"] = {"model": "lenet", "seed": 3}
+    run = check(manifest, root=project)["p"][2]
+    assert run.run_dir == project / "outputs" / "smoke" / "runs" / "lenet-s3"  # the notebook's default name
 
-    monkeypatch.setattr(batch, "REPO_ROOT", project)
+
+def test_the_run_directory_rule_is_the_notebooks():
+    from squeezestudy import batch, notebook, train
+
+    assert train.RUNS_DIR == train.REPO_ROOT / batch.RUNS_SUBDIR
+    assert notebook.SMOKE_RUNS_DIR == train.REPO_ROOT / batch.SMOKE_RUNS_SUBDIR
+    assert notebook.SMOKE_ENV == batch.SMOKE_ENV
+
+
+def test_unknown_or_mistyped_parameter_runs_nothing(project, capsys):
     manifest = yaml.safe_load((project / "runs.yaml").read_text())
     manifest["profiles"]["p"]["runs"][0]["parameters"] = {"x": "three", "colour": 1}
     (project / "runs.yaml").write_text(yaml.safe_dump(manifest))
-    orig_expand = batch.expand
-    monkeypatch.setattr(batch, "expand", lambda m, p: orig_expand(m, p, root=project))
-    with pytest.raises(ManifestError) as err:
-        run_batch("p", manifest_path=project / "runs.yaml", echo=lambda *a: None)
-    message = str(err.value)
+    assert batch_cli(project, "--dry-run") == 2
+    message = capsys.readouterr().err
     assert "nothing was run" in message and "'x' is str 'three', the notebook expects int" in message
-    assert "has no parameter 'colour'" in message
+    assert "has no parameter 'colour'" in message and "good-0" in message
     assert not (project / "out").exists()
 
 
-def test_failure_does_not_stop_the_batch_and_reruns_are_skipped(project, monkeypatch):
-    import squeezestudy.batch as batch
-
-    monkeypatch.delenv("STUDY_TEST_VAR", raising=False)
-
-    monkeypatch.setattr(batch, "REPO_ROOT", project)
-    orig_expand = batch.expand
-    monkeypatch.setattr(batch, "expand", lambda m, p: orig_expand(m, p, root=project))
-    lines = []
-    outcomes = run_batch("p", manifest_path=project / "runs.yaml", echo=lines.append)
-    status = {o.run.name: o.status for o in outcomes}
-    assert status == {"good-0": "ok", "good-1": "ok", "broken": "failed", "env": "ok"}
-    failed = next(o for o in outcomes if o.status == "failed")
-    assert "boom" in failed.error
-    executed = json.loads((project / "out" / "good-1.ipynb").read_text())
-    assert "".join(executed["cells"][-1]["outputs"][0]["text"]) == "2\n"
-    env_nb = json.loads((project / "out" / "env.ipynb").read_text())
-    assert "".join(env_nb["cells"][-1]["outputs"][0]["text"]) == "7 b\n"  # profile env reached it
-    assert "failed" in summary_table(outcomes)
-
-    again = run_batch("p", manifest_path=project / "runs.yaml", echo=lines.append)
-    assert {o.run.name: o.status for o in again} == {
-        "good-0": "skipped", "good-1": "skipped", "broken": "failed", "env": "skipped"}
+BAD_MANIFESTS = {
+    "yaml syntax": ("profiles:\n  p:\n    runs: [\n", ["line 4", "not valid YAML"]),
+    "seeds an int": ({"name": "a-{seed}", "notebook": "ok.ipynb", "output": "a.ipynb", "seeds": 3},
+                     ["entry 1 (a-{seed})", "'seeds' must be a list, e.g. [0, 1, 2], not int 3"]),
+    "list for a mapping": ({"name": "a", "notebook": "ok.ipynb", "output": "a.ipynb", "parameters": ["x", 1]},
+                           ["entry 1 (a)", "'parameters' must be a mapping"]),
+    "entry is a list": (["a", "ok.ipynb"], ["entry 1", "must be a mapping with name, notebook and output"]),
+    "unknown key": ({"name": "a", "notebook": "ok.ipynb", "output": "a.ipynb", "seed": [0]},
+                    ["entry 1 (a)", "unknown key 'seed' (did you mean 'seeds'?)"]),
+    "missing notebook": ({"name": "a", "notebook": "nope.ipynb", "output": "a.ipynb"},
+                         ["entry 1 (a)", "notebook nope.ipynb not found"]),
+}
 
 
-def test_cli_exit_codes(project, monkeypatch, capsys):
-    import squeezestudy.batch as batch
+@pytest.mark.parametrize("case", BAD_MANIFESTS)
+def test_a_bad_manifest_is_one_error_naming_the_entry_exit_2(project, case, capsys):
+    content, expected = BAD_MANIFESTS[case]
+    text = content if isinstance(content, str) else yaml.safe_dump({"profiles": {"p": {"runs": [content]}}})
+    (project / "runs.yaml").write_text(text)
+    assert batch_cli(project, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for fragment in expected:
+        assert fragment in err
+    assert not (project / "out").exists() and not (project / "a.ipynb").exists()
 
-    monkeypatch.setattr(batch, "REPO_ROOT", project)
-    orig_expand = batch.expand
-    monkeypatch.setattr(batch, "expand", lambda m, p: orig_expand(m, p, root=project))
-    assert main(["batch", "--profile", "p", "--manifest", str(project / "runs.yaml"),
-                 "--only", "good", "--jobs", "2"]) == 0
-    assert main(["batch", "--profile", "p", "--manifest", str(project / "runs.yaml")]) == 1
-    assert main(["batch", "--profile", "nope", "--manifest", str(project / "runs.yaml")]) == 2
-    assert "unknown profile" in capsys.readouterr().err
+
+def test_two_runs_writing_the_same_notebook_or_run_directory(project, capsys):
+    runs = [{"name": "a", "notebook": "ok.ipynb", "output": "same.ipynb"},
+            {"name": "b", "notebook": "ok.ipynb", "output": "same.ipynb"},
+            {"name": "t-{seed}", "notebook": "train.ipynb", "output": "{name}.ipynb", "seeds": [0, 1],
+             "parameters": {"run_name": "shared"}},
+            # a reader of a run (always: true) may share its directory: it reads it back
+            {"name": "reader", "notebook": "train.ipynb", "output": "reader.ipynb", "always": True,
+             "parameters": {"run_name": "shared"}}]
+    (project / "runs.yaml").write_text(yaml.safe_dump({"profiles": {"p": {"runs": runs}}}))
+    assert batch_cli(project, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "runs a, b all write the notebook same.ipynb" in err
+    assert "runs t-0, t-1 all train into outputs/runs/shared (give each its own run_name)" in err
+    assert "reader" not in err
 
 
-def test_the_real_manifest_validates():
-    """Every run of the study's own manifest matches its notebook's parameters cell."""
-    from squeezestudy.batch import MANIFEST, validate
+def test_every_problem_of_every_profile_in_one_error(project, capsys):
+    manifest = {"profiles": {
+        "p": {"runs": [{"name": "a", "notebook": "ok.ipynb", "output": "a.ipynb", "seeds": 3},
+                       {"name": "b", "notebook": "ok.ipynb", "output": "b.ipynb", "parameters": {"x": "1"}}]},
+        "other": {"runs": [{"name": "c", "notebook": "gone.ipynb", "output": "c.ipynb"}], "envv": {}},
+    }}
+    (project / "runs.yaml").write_text(yaml.safe_dump(manifest))
+    assert batch_cli(project, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "profile p, entry 1 (a): 'seeds' must be a list" in err
+    assert "profile p, run b: parameter 'x' is str '1', the notebook expects int" in err
+    assert "profile other, entry 1 (c): notebook gone.ipynb not found" in err
+    assert "profile other: unknown key 'envv'" in err
 
-    manifest = load_manifest(MANIFEST)
-    for profile in manifest["profiles"]:
-        validate(expand(manifest, profile))
+
+def test_an_unreadable_notebook_is_named(project, capsys):
+    (project / "ok.ipynb").write_text("{not json")
+    assert batch_cli(project, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "profile p, run good-0: notebook" in err and "ok.ipynb cannot be read" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--jobs", "0"], "--jobs must be at least 1"),
+    (["--gpus", ""], "--gpus needs GPU ids"),
+    (["--scheduler", "tcp://127.0.0.1:1", "--jobs", "2"], "--jobs and --gpus start a local cluster"),
+    (["--scheduler-file", "/nonexistent/s.json"], "scheduler file /nonexistent/s.json not found"),
+])
+def test_cluster_options_are_checked_first(project, args, message, capsys):
+    assert batch_cli(project, *args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_unreachable_scheduler_is_named(project, capsys, monkeypatch):
+    import squeezestudy.batch_cluster as batch_cluster
+
+    monkeypatch.setattr(batch_cluster, "CONNECT_TIMEOUT_S", 2)
+    assert batch_cli(project, "--scheduler", "tcp://127.0.0.1:9") == 2  # port 9: nothing listens
+    err = capsys.readouterr().err
+    assert "cannot reach tcp://127.0.0.1:9" in err and "Traceback" not in err
+
+
+def test_the_real_manifest_checks():
+    """Every profile of the study's own manifest: structure, parameters, no two runs writing
+    the same notebook or run directory."""
+    profiles = check(load_manifest(MANIFEST))
+    assert {"full", "smoke"} <= set(profiles)
 
 
 def test_grid_expands_seed_major_and_keeps_value_types(tmp_path):
@@ -118,34 +198,6 @@ def test_grid_expands_seed_major_and_keeps_value_types(tmp_path):
         expand({"profiles": {"p": {"runs": [{**entry, "grid": {"rate": []}}]}}}, "p", root=tmp_path)
 
 
-def test_parallel_runs_get_their_own_gpu_and_leave_this_environment_alone(tmp_path, monkeypatch):
-    import os
-
-    import squeezestudy.batch as batch
-
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    make_notebook(tmp_path / "gpu.ipynb", body="import os, time\ntime.sleep(1)\n"
-                  "print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['OMP_NUM_THREADS'])")
-    runs = [{"name": "g-{seed}", "notebook": "gpu.ipynb", "output": "out/{name}.ipynb", "seeds": [0, 1]}]
-    (tmp_path / "runs.yaml").write_text(yaml.safe_dump({"profiles": {"p": {"runs": runs}}}))
-    monkeypatch.setattr(batch, "REPO_ROOT", tmp_path)
-    orig_expand = batch.expand
-    monkeypatch.setattr(batch, "expand", lambda m, p: orig_expand(m, p, root=tmp_path))
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    lines = []
-    outcomes = run_batch("p", manifest_path=tmp_path / "runs.yaml", jobs=2, gpus=["3", "5"],
-                         echo=lines.append)
-    assert [o.status for o in outcomes] == ["ok", "ok"]
-    cells = [json.loads((tmp_path / "out" / f"g-{i}.ipynb").read_text())["cells"] for i in (0, 1)]
-    seen = {"".join(c[-1]["outputs"][0]["text"]) for c in cells}
-    assert seen == {"3 2\n", "5 2\n"}  # one GPU each, the 4 cores shared out
-    assert any("on GPU" in line for line in lines)
-    assert "CUDA_VISIBLE_DEVICES" not in os.environ and "OMP_NUM_THREADS" not in os.environ
-    with pytest.raises(ManifestError, match="--gpus needs GPU ids"):
-        run_batch("p", manifest_path=tmp_path / "runs.yaml", gpus=[""], echo=lines.append)
-
-
 def test_an_interrupted_notebook_is_not_done(project):
     run = expand(load_manifest(project / "runs.yaml"), "p", root=project)[0]
     run.output.parent.mkdir(parents=True)
@@ -155,3 +207,14 @@ def test_an_interrupted_notebook_is_not_done(project):
     meta["end_time"] = "2026-11-30T00:00:00+00:00"
     run.output.write_text(json.dumps({"metadata": {"papermill": meta}}))
     assert run.already_done()
+
+
+def test_summary_counts_interrupted_and_cancelled_runs(tmp_path):
+    def outcome(name, status, seconds=0.0, note=""):
+        run = Run(name, tmp_path / "n.ipynb", tmp_path / f"{name}.ipynb")
+        return Outcome(run, status, seconds, note=note)
+
+    table = summary_table([outcome("a", "ok", 60, note="retried: its first worker died"),
+                           outcome("b", "interrupted", 30), outcome("c", "cancelled")])
+    assert "retried: its first worker died" in table
+    assert table.splitlines()[-1] == "1 ok, 0 skipped, 0 failed, 1 interrupted, 1 cancelled; 1.5 min"

@@ -1,4 +1,4 @@
-"""Batch runs of the notebooks through papermill, from the manifest `runs.yaml`.
+"""Batch runs of the notebooks through papermill on Dask, from the manifest `runs.yaml`.
 
 A manifest has `profiles`, each a list of entries. An entry names a notebook,
 its parameters and where the executed copy goes; `seeds: [0, 1, 2]` expands
@@ -16,33 +16,40 @@ A sweep adds `grid: {sr: [0.25, 0.5]}`: one run per seed and grid point, seed-ma
             seeds: [0]
             parameters: {model: lenet, epochs: 1, seed: "{seed}"}
 
-Before anything runs, every run's parameters are checked against the
-`parameters` cell of its notebook (names and types). A run whose executed
-notebook exists with the same parameters and no error is skipped unless forced;
-`always: true` marks notebooks that only read results, re-run every time.
+Before anything runs, the whole manifest is checked (its structure, every profile's entries,
+each run's parameters against the `parameters` cell of its notebook, two runs writing the same
+notebook or run directory): one error lists every problem. A run whose executed notebook
+exists with the same parameters and no error is skipped unless forced; `always: true` marks
+notebooks that only read results, re-run every time, after the training runs above them.
+The runs are executed by `batch_cluster` on a local or remote Dask cluster.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import itertools
 import json
 import os
-import queue
-import time
-import traceback
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from . import notebook_format
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = REPO_ROOT / "runs.yaml"
 TYPE_NAMES = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,),
               "list": (list,), "dict": (dict,)}
+ENTRY_KEYS = {"name": "str", "notebook": "str", "output": "str", "seeds": "list", "grid": "dict",
+              "parameters": "dict", "always": "bool"}
+REQUIRED_KEYS = ("name", "notebook", "output")
+PROFILE_KEYS = ("runs", "env")
+# Where notebook 05 puts its runs (train.RUNS_DIR, notebook.SMOKE_RUNS_DIR and SMOKE_ENV, which a
+# test keeps equal): written out here because importing them would import torch, seconds of
+# every batch's start on a 2-core machine.
+RUNS_SUBDIR = Path("outputs") / "runs"
+SMOKE_RUNS_SUBDIR = Path("outputs") / "smoke" / "runs"
+SMOKE_ENV = "SQUEEZESTUDY_SMOKE"
 
 
 class ManifestError(ValueError):
@@ -56,13 +63,14 @@ class Run:
     output: Path
     parameters: dict = field(default_factory=dict)
     always: bool = False
+    run_dir: Path | None = None  # where a training notebook writes its run (None: not a training run)
 
     def already_done(self) -> bool:
         if self.always or not self.output.is_file():
             return False
         try:
             meta = json.loads(self.output.read_text())["metadata"].get("papermill", {})
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, AttributeError):
             return False
         # no end_time: the execution was interrupted (papermill saves after every cell)
         return (meta.get("parameters") == self.parameters and not meta.get("exception")
@@ -72,9 +80,10 @@ class Run:
 @dataclass
 class Outcome:
     run: Run
-    status: str  # ok, skipped, failed
+    status: str  # ok, skipped, failed, interrupted, cancelled
     seconds: float = 0.0
     error: str = ""
+    note: str = ""  # e.g. retried after its worker died
 
 
 def _fill(value, context: dict):
@@ -90,59 +99,150 @@ def _fill(value, context: dict):
 
 
 def load_manifest(path: str | Path = MANIFEST) -> dict:
+    """The manifest's YAML, with its top level checked (the entries are checked by `expand`)."""
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"manifest {path} not found")
-    manifest = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(manifest.get("profiles"), dict):
-        raise ManifestError(f"{path}: needs a 'profiles' mapping of profile name -> list of runs")
+        raise ManifestError(f"manifest {path} not found; pass --manifest PATH")
+    try:
+        manifest = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ManifestError(f"{path}{where}: not valid YAML ({problem}); nothing was run") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("profiles"), dict):
+        raise ManifestError(f"{path}: needs a 'profiles' mapping of profile name -> "
+                            "{runs: [...], env: {...}}; nothing was run")
+    unknown = sorted(set(manifest) - {"profiles"})
+    if unknown:
+        raise ManifestError(f"{path}: unknown top-level key(s) {', '.join(unknown)} "
+                            "(a manifest has only 'profiles'); nothing was run")
     return manifest
 
 
+def _type_problem(value, expected: str) -> str | None:
+    if expected == "list" and not isinstance(value, list):
+        return f"must be a list, e.g. [0, 1, 2], not {type(value).__name__} {value!r}"
+    if expected == "dict" and not isinstance(value, dict):
+        return f"must be a mapping (key: value), not {type(value).__name__} {value!r}"
+    if expected == "str" and not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__} {value!r}"
+    if expected == "bool" and not isinstance(value, bool):
+        return f"must be true or false, not {value!r}"
+    return None
+
+
+def _entry_problems(entry, label: str, root: Path) -> list[str]:
+    if not isinstance(entry, dict):
+        return [f"{label}: must be a mapping with name, notebook and output, "
+                f"not {type(entry).__name__} {entry!r}"]
+    problems = []
+    for key in entry:
+        if key not in ENTRY_KEYS:
+            close = difflib.get_close_matches(str(key), ENTRY_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(ENTRY_KEYS)})"
+            problems.append(f"{label}: unknown key {key!r}{hint}")
+    missing = [k for k in REQUIRED_KEYS if k not in entry]
+    if missing:
+        problems.append(f"{label}: missing {', '.join(missing)}")
+    for key, expected in ENTRY_KEYS.items():
+        problem = _type_problem(entry[key], expected) if key in entry else None
+        if problem:
+            problems.append(f"{label}: {key!r} {problem}")
+    seeds = entry.get("seeds")
+    if isinstance(seeds, list) and (not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                          for s in seeds)):
+        problems.append(f"{label}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    grid = entry.get("grid")
+    if isinstance(grid, dict) and not all(isinstance(v, list) and v for v in grid.values()):
+        problems.append(f"{label}: 'grid' must map each name to a non-empty list of values")
+    notebook = entry.get("notebook")
+    if isinstance(notebook, str) and not (root / notebook).is_file():
+        problems.append(f"{label}: notebook {notebook} not found (paths are relative to {root})")
+    return problems
+
+
 def expand(manifest: dict, profile: str, root: Path = REPO_ROOT) -> list[Run]:
+    """The runs of one profile, or a ManifestError listing every problem of its entries."""
+    runs, problems = _expand(manifest, profile, root)
+    if problems:
+        raise ManifestError("nothing was run; fix the manifest first:\n  " + "\n  ".join(problems))
+    return runs
+
+
+def _expand(manifest: dict, profile: str, root: Path) -> tuple[list[Run], list[str]]:
     profiles = manifest["profiles"]
     if profile not in profiles:
         raise ManifestError(f"unknown profile {profile!r}; the manifest has {', '.join(profiles)}")
-    entries = profiles[profile].get("runs") if isinstance(profiles[profile], dict) else None
-    if not isinstance(entries, list):
-        raise ManifestError(f"profile {profile}: needs a 'runs' list")
+    spec = profiles[profile]
+    if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list):
+        return [], [f"profile {profile}: needs a 'runs' list (profile: {{runs: [...], env: {{...}}}})"]
+    problems = [f"profile {profile}: unknown key {k!r} (a profile has {', '.join(PROFILE_KEYS)})"
+                for k in spec if k not in PROFILE_KEYS]
+    if "env" in spec and not isinstance(spec["env"], dict):
+        problems.append(f"profile {profile}: 'env' must be a mapping VARIABLE: value")
     runs: list[Run] = []
-    for i, entry in enumerate(entries):
-        missing = {"name", "notebook", "output"} - set(entry)
-        if missing:
-            raise ManifestError(f"profile {profile}, entry {i + 1}: missing {', '.join(sorted(missing))}")
+    for i, entry in enumerate(spec["runs"]):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        named = f" ({name})" if isinstance(name, str) else ""
+        label = f"profile {profile}, entry {i + 1}{named}"
+        entry_problems = _entry_problems(entry, label, root)
+        if entry_problems:
+            problems += entry_problems
+            continue
         grid = entry.get("grid") or {}
-        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-            raise ManifestError(f"profile {profile}, entry {i + 1}: 'grid' must map each name "
-                                "to a non-empty list of values")
-        for seed in entry.get("seeds", [None]):
-            for point in itertools.product(*grid.values()):
-                context = {"seed": seed, "profile": profile, **dict(zip(grid, point, strict=True))}
-                try:
+        try:
+            for seed in entry.get("seeds", [None]):
+                for point in itertools.product(*grid.values()):
+                    context = {"seed": seed, "profile": profile, **dict(zip(grid, point, strict=True))}
                     name = _fill(entry["name"], context)
                     context["name"] = name
                     runs.append(Run(name=name, notebook=root / entry["notebook"],
                                     output=root / _fill(entry["output"], context),
                                     parameters=_fill(entry.get("parameters", {}), context),
                                     always=bool(entry.get("always", False))))
-                except (KeyError, IndexError) as err:
-                    raise ManifestError(f"profile {profile}, entry {i + 1}: placeholder {err} "
-                                        "is neither seed, name nor a grid key") from None
+        except (KeyError, IndexError) as err:
+            problems.append(f"{label}: placeholder {err} is neither seed, name nor a grid key")
+        except ValueError as err:  # a lone brace in a string
+            problems.append(f"{label}: {err} (write {{{{ and }}}} for literal braces)")
     names = [r.name for r in runs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ManifestError(f"profile {profile}: run names used twice: {', '.join(duplicates)}")
-    return runs
+    problems += [f"profile {profile}: run name {n!r} used twice"
+                 for n in sorted({n for n in names if names.count(n) > 1})]
+    outputs: dict[Path, list[str]] = {}
+    for r in runs:
+        outputs.setdefault(r.output.resolve(), []).append(r.name)
+    problems += [f"profile {profile}: runs {', '.join(ns)} all write the notebook {_shown(p, root)}"
+                 for p, ns in outputs.items() if len(ns) > 1]
+    return runs, problems
 
 
-def notebook_parameters(notebook: Path) -> dict[str, str]:
-    """Name -> inferred type name, from the notebook's `parameters` cell."""
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def notebook_parameters(notebook: Path) -> dict[str, tuple[str, object]]:
+    """Name -> (inferred type name, default value), from the notebook's `parameters` cell."""
     import papermill
 
     if not notebook.is_file():
         raise ManifestError(f"notebook {notebook} not found")
-    found = papermill.inspect_notebook(str(notebook))
-    return {name: _declared_type(info) for name, info in found.items()}
+    try:
+        found = papermill.inspect_notebook(str(notebook))
+    except Exception as err:  # not JSON, not a notebook: nbformat's and papermill's own errors
+        raise ManifestError(f"notebook {notebook} cannot be read ({type(err).__name__}: "
+                            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
+                            "restore it from git") from None
+    return {name: (_declared_type(info), _default(info)) for name, info in found.items()}
+
+
+def _default(info: dict):
+    try:
+        return ast.literal_eval(info.get("default") or "None")
+    except (ValueError, SyntaxError):
+        return None
 
 
 def _declared_type(info: dict) -> str:
@@ -150,151 +250,142 @@ def _declared_type(info: dict) -> str:
     "None" (accept anything) for a default of None or an expression."""
     if info.get("inferred_type_name") not in (None, "None"):
         return info["inferred_type_name"]
-    try:
-        default = ast.literal_eval(info.get("default") or "None")
-    except (ValueError, SyntaxError):
-        return "None"
+    default = _default(info)
     return "None" if default is None else type(default).__name__
 
 
-def validate(runs: list[Run]) -> None:
-    """Check every run's parameters against its notebook before anything executes."""
+def _parameter_problems(run: Run, declared: dict[str, tuple[str, object]]) -> list[str]:
     problems = []
-    cache: dict[Path, dict[str, str]] = {}
-    for run in runs:
-        if run.notebook not in cache:
-            cache[run.notebook] = notebook_parameters(run.notebook)
-        declared = cache[run.notebook]
-        for name, value in run.parameters.items():
-            if name not in declared:
-                problems.append(f"{run.name}: {run.notebook.name} has no parameter {name!r} "
-                                f"(it has: {', '.join(declared) or 'none'})")
-                continue
-            expected = declared[name].split("|")[0].strip()
-            allowed = TYPE_NAMES.get(expected)
-            if value is None or allowed is None:
-                continue  # None and untyped defaults accept anything
-            if not isinstance(value, allowed) or (isinstance(value, bool) and expected != "bool"):
-                problems.append(f"{run.name}: parameter {name!r} is {type(value).__name__} "
-                                f"{value!r}, the notebook expects {expected}")
+    for name, value in run.parameters.items():
+        if name not in declared:
+            problems.append(f"{run.name}: {run.notebook.name} has no parameter {name!r} "
+                            f"(it has: {', '.join(declared) or 'none'})")
+            continue
+        expected = declared[name][0].split("|")[0].strip()
+        allowed = TYPE_NAMES.get(expected)
+        if value is None or allowed is None:
+            continue  # None and untyped defaults accept anything
+        if not isinstance(value, allowed) or (isinstance(value, bool) and expected != "bool"):
+            problems.append(f"{run.name}: parameter {name!r} is {type(value).__name__} "
+                            f"{value!r}, the notebook expects {expected}")
+    return problems
+
+
+def run_directory(run: Run, declared: dict[str, tuple[str, object]], env: dict[str, str],
+                  root: Path) -> Path | None:
+    """Where a training notebook (one with a `run_name` parameter, like 05) writes its run:
+    the notebook's own rule (`notebook.training_setup`) applied to its parameters."""
+    if "run_name" not in declared:
+        return None
+    values = {name: default for name, (_, default) in declared.items()} | run.parameters
+    name = values.get("run_name") or f"{values.get('model')}-s{values.get('seed')}"
+    if env.get(SMOKE_ENV, os.environ.get(SMOKE_ENV, "")) not in ("", "0", "false"):
+        return root / SMOKE_RUNS_SUBDIR / name
+    if values.get("output_dir"):
+        return (run.notebook.parent / values["output_dir"] / name).resolve()
+    return root / RUNS_SUBDIR / name
+
+
+def check(manifest: dict, root: Path = REPO_ROOT) -> dict[str, list[Run]]:
+    """Every profile's runs, each with its run directory, or one ManifestError listing every
+    problem of the manifest: structure, parameters, two runs writing the same place."""
+    problems: list[str] = []
+    expanded: dict[str, list[Run]] = {}
+    for profile in manifest["profiles"]:
+        runs, found = _expand(manifest, profile, root)
+        problems += found
+        expanded[profile] = runs
+    cache: dict[Path, dict[str, tuple[str, object]] | None] = {}
+    for profile, runs in expanded.items():
+        spec = manifest["profiles"][profile]
+        env = {k: str(v) for k, v in (spec.get("env") or {}).items()} if isinstance(spec, dict) \
+            and isinstance(spec.get("env"), dict) else {}
+        for run in runs:
+            if run.notebook not in cache:
+                try:
+                    cache[run.notebook] = notebook_parameters(run.notebook)
+                except ManifestError as err:
+                    cache[run.notebook] = None
+                    problems.append(f"profile {profile}, run {run.name}: {err}")
+            declared = cache[run.notebook]
+            if declared is not None:
+                problems += [f"profile {profile}, run {p}" for p in _parameter_problems(run, declared)]
+                run.run_dir = run_directory(run, declared, env, root)
+        owners: dict[Path, list[str]] = {}
+        for run in runs:
+            if run.run_dir is not None and not run.always:
+                owners.setdefault(run.run_dir, []).append(run.name)
+        problems += [f"profile {profile}: runs {', '.join(ns)} all train into {_shown(d, root)} "
+                     "(give each its own run_name)" for d, ns in owners.items() if len(ns) > 1]
     if problems:
-        raise ManifestError("nothing was run; fix these parameters first:\n  " + "\n  ".join(problems))
+        raise ManifestError("nothing was run; fix the manifest first:\n  " + "\n  ".join(problems))
+    return expanded
 
 
-def _kernel_manager(env: dict[str, str]):
-    """A kernel manager class whose kernels start with `env` added to this process's
-    environment: each parallel run gets its own variables (its GPU), and this process's
-    environment is never changed."""
-    from jupyter_client.manager import AsyncKernelManager
-
-    class KernelManager(AsyncKernelManager):
-        async def start_kernel(self, **kw):
-            kw["env"] = {**os.environ, **kw.get("env", {}), **env}
-            # a caller's MPLBACKEND=Agg would leave the executed notebooks without figures
-            kw["env"].pop("MPLBACKEND", None)
-            return await super().start_kernel(**kw)
-
-    return KernelManager
+def select(runs: list[Run], only: list[str] | None, profile: str) -> list[Run]:
+    """The runs named in `only` (names or prefixes), all of them without."""
+    if not only:
+        return runs
+    unknown = [n for n in only if not any(r.name == n or r.name.startswith(n) for r in runs)]
+    if unknown:
+        raise ManifestError(f"no run named {', '.join(unknown)} in profile {profile}; "
+                            f"runs: {', '.join(r.name for r in runs)}")
+    return [r for r in runs if any(r.name == n or r.name.startswith(n) for n in only)]
 
 
-def execute(run: Run, cwd: Path, kernel: str | None = None, env: dict[str, str] | None = None) -> Outcome:
-    import papermill
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch: queued runs were cancelled, running ones interrupted."""
 
-    run.output.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    try:
-        papermill.execute_notebook(str(run.notebook), str(run.output), parameters=run.parameters,
-                                   cwd=str(cwd), kernel_name=kernel, progress_bar=False,
-                                   log_output=False, request_save_on_cell_execute=True,
-                                   kernel_manager_class=_kernel_manager(env or {}))
-    except Exception as err:
-        message = str(err).strip().splitlines()
-        summary = next((line for line in reversed(message) if line.strip()), type(err).__name__)
-        return Outcome(run, "failed", time.perf_counter() - start, summary[:300] or traceback.format_exc())
-    finally:
-        if run.output.is_file():  # stored as JupyterLab saves it: opening it changes nothing
-            notebook_format.normalize(run.output)
-    return Outcome(run, "ok", time.perf_counter() - start)
+    def __init__(self, outcomes: list[Outcome]):
+        super().__init__("batch interrupted")
+        self.outcomes = outcomes
 
 
-def run_batch(profile: str, only: list[str] | None = None, force: bool = False, jobs: int = 1,
+def run_batch(profile: str, only: list[str] | None = None, force: bool = False, jobs: int | None = None,
               manifest_path: str | Path = MANIFEST, kernel: str | None = None, dry_run: bool = False,
-              gpus: list[str] | None = None, echo=print) -> list[Outcome]:
-    """Validate then execute a profile (or the runs named in `only`); returns one outcome per run.
-    gpus: GPU ids (e.g. ["0", "1"]) shared out among the parallel runs, one CUDA_VISIBLE_DEVICES
-    per kernel; with more jobs than GPUs, runs share them round-robin."""
-    if jobs < 1:
-        raise ManifestError(f"--jobs must be at least 1, got {jobs}")
-    if gpus is not None and (not gpus or not all(g.strip() for g in gpus)):
-        raise ManifestError(f"--gpus needs GPU ids such as 0,1; got {gpus!r}")
+              gpus: list[str] | None = None, scheduler: str | None = None,
+              scheduler_file: str | None = None, root: Path | None = None, echo=print) -> list[Outcome]:
+    """Check the manifest, then execute a profile (or the runs named in `only`) on Dask; returns
+    one outcome per run. jobs: workers of a local cluster; scheduler / scheduler_file: an existing
+    cluster instead. gpus: GPU ids (e.g. ["0", "1"]) for the local cluster's workers, one
+    CUDA_VISIBLE_DEVICES each (round-robin when there are more workers than GPUs).
+    Paths in the manifest are relative to `root` (default: the project). Raises BatchInterrupted
+    (with the outcomes) on Ctrl-C."""
+    from . import batch_cluster
+
+    root = root or REPO_ROOT
+    target = batch_cluster.ClusterTarget.from_options(jobs, gpus, scheduler, scheduler_file)
     manifest = load_manifest(manifest_path)
-    runs = expand(manifest, profile)
-    if only:
-        unknown = [n for n in only if not any(r.name == n or r.name.startswith(n) for r in runs)]
-        if unknown:
-            raise ManifestError(f"no run named {', '.join(unknown)} in profile {profile}; "
-                                f"runs: {', '.join(r.name for r in runs)}")
-        runs = [r for r in runs if any(r.name == n or r.name.startswith(n) for n in only)]
-    validate(runs)
+    if profile not in manifest["profiles"]:
+        raise ManifestError(f"unknown profile {profile!r}; the manifest has "
+                            f"{', '.join(manifest['profiles'])}")
+    runs = select(check(manifest, root)[profile], only, profile)
     todo = [r for r in runs if force or not r.already_done()]
-    outcomes = [Outcome(r, "skipped") for r in runs if r not in todo]
-    for o in outcomes:
-        echo(f"skip   {o.run.name} (done: {o.run.output.relative_to(REPO_ROOT)})")
+    skipped = [Outcome(r, "skipped") for r in runs if r not in todo]
+    for o in skipped:
+        echo(f"skip   {o.run.name} (done: {_shown(o.run.output, root)})")
     if dry_run:
         for r in todo:
             echo(f"would run {r.name}: {r.notebook.name} {r.parameters}")
-        return outcomes
-    # What every kernel gets on top of this process's environment: the profile's variables.
-    env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1",
-           **{k: str(v) for k, v in (manifest["profiles"][profile].get("env") or {}).items()}}
-    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        # share the cores among parallel kernels: on 2 cores, two 1-thread runs of a
-        # small model train faster together than one 2-thread run
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    slots = [{**env, "CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)].strip()} for i in range(jobs)] \
-        if gpus else [env] * jobs
-    return outcomes + _execute_all(todo, slots, kernel, echo)
-
-
-def _execute_all(todo: list[Run], slots: list[dict[str, str]], kernel: str | None, echo) -> list[Outcome]:
-    """Runs `todo` with len(slots) in parallel, in order (one slot: one after the other); each
-    running notebook holds one slot (its kernel's environment) until it ends."""
-    outcomes: list[Outcome] = []
-    total = len(todo)
-    done = 0
-    free: queue.SimpleQueue[dict[str, str]] = queue.SimpleQueue()
-    for slot in slots:
-        free.put(slot)
-
-    def report(outcome: Outcome) -> None:
-        nonlocal done
-        done += 1
-        tail = f"  {outcome.error}" if outcome.error else ""
-        echo(f"[{done}/{total}] {outcome.status:6s} {outcome.run.name} ({outcome.seconds:.0f}s){tail}")
-
-    def start(run: Run) -> Outcome:
-        env = free.get()
-        gpu = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
-        echo(f"start  {run.name}{gpu}")
-        try:
-            return execute(run, run.notebook.parent, kernel, env)
-        finally:
-            free.put(env)
-
-    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-        futures = [pool.submit(start, r) for r in todo]
-        for future in as_completed(futures):
-            outcome = future.result()
-            report(outcome)
-            outcomes.append(outcome)
+        return skipped
+    spec = manifest["profiles"][profile]
+    env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", **{k: str(v) for k, v in (spec.get("env") or {}).items()}}
+    executed = batch_cluster.execute(runs, todo, env, kernel, target, root, echo)
+    by_name = {o.run.name: o for o in skipped + executed}
+    outcomes = [by_name[r.name] for r in runs]
+    if any(o.status in ("interrupted", "cancelled") for o in outcomes):
+        raise BatchInterrupted(outcomes)
     return outcomes
 
 
 def summary_table(outcomes: list[Outcome]) -> str:
-    lines = [f"{'run':40s} {'status':8s} {'seconds':>8s}"]
+    lines = [f"{'run':40s} {'status':11s} {'seconds':>8s}"]
     for o in outcomes:
-        lines.append(f"{o.run.name:40s} {o.status:8s} {o.seconds:8.0f}")
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
-    lines.append(", ".join(f"{n} {s}" for s, n in counts.items())
+        note = f"  {o.note}" if o.note else ""
+        lines.append(f"{o.run.name:40s} {o.status:11s} {o.seconds:8.0f}{note}")
+    counts = {s: sum(o.status == s for o in outcomes)
+              for s in ("ok", "skipped", "failed", "interrupted", "cancelled")}
+    shown = {s: n for s, n in counts.items() if n or s in ("ok", "skipped", "failed")}
+    lines.append(", ".join(f"{n} {s}" for s, n in shown.items())
                  + f"; {sum(o.seconds for o in outcomes) / 60:.1f} min")
     return "\n".join(lines)

@@ -58,12 +58,17 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_batch(args) -> int:
-    from .batch import run_batch, summary_table
+    from .batch import BatchInterrupted, run_batch, summary_table
 
     gpus = args.gpus.split(",") if args.gpus is not None else None
-    outcomes = run_batch(args.profile, only=args.only, force=args.force, jobs=args.jobs,
-                         manifest_path=args.manifest, kernel=args.kernel, dry_run=args.dry_run,
-                         gpus=gpus)
+    try:
+        outcomes = run_batch(args.profile, only=args.only, force=args.force, jobs=args.jobs,
+                             manifest_path=args.manifest, kernel=args.kernel, dry_run=args.dry_run,
+                             gpus=gpus, scheduler=args.scheduler, scheduler_file=args.scheduler_file)
+    except BatchInterrupted as stopped:
+        print()
+        print(summary_table(stopped.outcomes))
+        return 130
     print()
     print(summary_table(outcomes))
     return 1 if any(o.status == "failed" for o in outcomes) else 0
@@ -118,9 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="full")
     p.add_argument("--only", nargs="+", help="run names (or prefixes) to run")
     p.add_argument("--force", action="store_true", help="re-run runs that are already done")
-    p.add_argument("--jobs", type=int, default=1, help="notebooks executed in parallel")
-    p.add_argument("--gpus", help="GPU ids to share out among the parallel runs, e.g. 0,1 "
-                                  "(each kernel gets its own CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--jobs", type=int, help="worker processes of a local Dask cluster, one notebook "
+                                            "each at a time (default 1)")
+    p.add_argument("--gpus", help="GPU ids for the local cluster's workers, e.g. 0,1 (each gets its "
+                                  "own CUDA_VISIBLE_DEVICES; training runs then take one each)")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786, "
+                                       "instead of a local cluster")
+    p.add_argument("--scheduler-file", help="the JSON file `dask scheduler --scheduler-file` wrote")
     p.add_argument("--manifest", default=str(Path(__file__).resolve().parents[2] / "runs.yaml"))
     p.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
     p.add_argument("--dry-run", action="store_true", help="validate and list, run nothing")
