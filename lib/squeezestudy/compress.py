@@ -46,12 +46,17 @@ def quantize_int8(model: nn.Module, calibration: Batches, batches: int = 8,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notices point to torchao
         prepared = prepare_fx(model, get_default_qconfig_mapping(backend), (example,))
-        with torch.no_grad():
-            for i, (x, _) in enumerate(calibration):
-                if i >= batches:
-                    break
-                prepared(x.contiguous())
-        return convert_fx(prepared)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # observed ranges (so the int8 file) must not depend on the thread count
+        try:
+            with torch.no_grad():
+                for i, (x, _) in enumerate(calibration):
+                    if i >= batches:
+                        break
+                    prepared(x.contiguous())
+            return convert_fx(prepared)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def compare_formats(model: nn.Module, name: str, test: Batches, calibration: Batches,

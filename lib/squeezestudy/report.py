@@ -23,7 +23,7 @@ NOTE_MODELS = {"squeezenet_fmnist": "one-Fire SqueezeNet", "lenet": "LeNet (no p
                "alexnet": "AlexNet at 112x112"}
 
 
-class ReportError(RuntimeError):
+class ReportError(ValueError):
     """The README and the runs disagree, or a marker is missing."""
 
 
