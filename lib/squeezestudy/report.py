@@ -126,6 +126,8 @@ COMPARISONS = [
     ("AlexNet-112", r"alexnet-s\d+", "one-Fire SqueezeNet", r"squeezenet_fmnist-s\d+"),
     ("LeNet", r"lenet-s\d+", "one-Fire SqueezeNet", r"squeezenet_fmnist-s\d+"),
     ("AlexNet-112", r"alexnet-s\d+", "LeNet", r"lenet-s\d+"),
+    ("SR 0.25", r"design-sr0\.25-s\d+", "SR 0.125", r"design-sr0\.125-s\d+"),
+    ("SR 0.5", r"design-sr0\.5-s\d+", "SR 0.25", r"design-sr0\.25-s\d+"),
     ("SR 1.0", r"design-sr1\.0-s\d+", "SR 0.75", r"design-sr0\.75-s\d+"),
     ("SR 0.75", r"design-sr0\.75-s\d+", "SR 0.5", r"design-sr0\.5-s\d+"),
     ("3x3 25%", r"design-pct0\.25-s\d+", "3x3 1%", r"design-pct0\.01-s\d+"),
