@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from squeezestudy.batch import REPO_ROOT, run_batch
+from squeezestudy import notebook_format
+from squeezestudy.batch import REPO_ROOT, check, load_manifest, run_batch, select
 
 from tests.test_batch import TRAIN_PARAMS, make_notebook
 
@@ -57,6 +58,9 @@ def test_local_cluster_environments_readers_failures_and_skips(tmp_path, monkeyp
     seen = {text_of(tmp_path / "out" / f"env-{i}.ipynb") for i in (0, 1)}
     assert seen <= {f"7 3 {threads} b\n", f"7 5 {threads} b\n"}  # the profile's variable, a GPU each
     assert any(line.startswith("dask: local cluster on 127.0.0.1, 2 worker") for line in lines)
+    for executed in (tmp_path / "out").glob("*.ipynb"):  # stored as JupyterLab saves it
+        text = executed.read_text(encoding="utf-8")
+        assert notebook_format.normal_form(text) == text, executed
     assert "CUDA_VISIBLE_DEVICES" not in os.environ and "OMP_NUM_THREADS" not in os.environ
     executed = json.loads((tmp_path / "out" / "t-0.ipynb").read_text())["metadata"]["papermill"]
     assert executed["input_path"] == str(tmp_path / "train.ipynb") and executed["end_time"]
@@ -73,7 +77,8 @@ def test_the_smoke_profile_on_two_local_workers():
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = done.stdout.splitlines()[-1]
-    assert summary.startswith("9 ok, 0 skipped, 0 failed"), done.stdout
+    smoke = len(select(check(load_manifest(REPO_ROOT / "runs.yaml"), REPO_ROOT)["smoke"], None, "smoke"))
+    assert summary.startswith(f"{smoke} ok, 0 skipped, 0 failed"), done.stdout
     for name in ("smoke-0", "06_comparison", "10_bypass"):
         meta = json.loads((REPO_ROOT / "outputs" / "smoke" / "notebooks" / f"{name}.ipynb").read_text())
         assert meta["metadata"]["papermill"]["end_time"] and not meta["metadata"]["papermill"]["exception"]

@@ -26,7 +26,7 @@ NOTEBOOKS = committed_notebooks()
 
 
 def test_the_study_has_its_notebooks():
-    assert len([p for p in NOTEBOOKS if p.parent == REPO_ROOT / "notebooks"]) == 10
+    assert len([p for p in NOTEBOOKS if p.parent == REPO_ROOT / "notebooks"]) == 11
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
@@ -80,16 +80,3 @@ def test_cli_check_and_usage(tmp_path, capsys):
     assert notebook_format.main([str(tmp_path / "missing.ipynb")]) == 2
 
 
-def test_batch_output_is_in_normal_form(tmp_path):
-    from squeezestudy.batch import Run, execute
-
-    source = papermill_like(tmp_path)
-    nb = nbformat.read(source, as_version=4)
-    nb.cells[0].metadata["tags"] = ["parameters"]
-    nb.cells.append(nbformat.v4.new_code_cell("print(x + 1.0)"))
-    nbformat.write(nb, source)
-    run = Run(name="t", notebook=source, output=tmp_path / "out.ipynb", parameters={"x": 2.0})
-    assert execute(run, tmp_path).status == "ok"
-    text = run.output.read_text(encoding="utf-8")
-    assert notebook_format.normal_form(text) == text
-    assert "3.0" in text
