@@ -194,23 +194,22 @@ def _kernel_manager(batch_id: str, name: str, env: dict[str, str]):
 def interrupt_kernels(batch_id: str) -> list[str]:
     """SIGINT to the kernels of a batch (run through `Client.run` on every worker): the running
     cell stops, training keeps its last checkpoint. Runs that start later do nothing."""
-    with _LOCK:
-        _STOPPED.add(batch_id)
-        kernels = list(_KERNELS.get(batch_id, {}).items())
-    for _, kernel in kernels:
-        kernel.interrupted = True
-        _signal_group(kernel, signal.SIGINT)
-    return [name for name, _ in kernels]
+    return _signal_kernels(batch_id, signal.SIGINT)
 
 
 def kill_kernels(batch_id: str) -> list[str]:
     """SIGKILL to the kernels of a batch that are still there after an interrupt."""
+    return _signal_kernels(batch_id, signal.SIGKILL)
+
+
+def _signal_kernels(batch_id: str, signum: int) -> list[str]:
+    """Mark the batch stopped and send `signum` to each of its kernels; their run names."""
     with _LOCK:
         _STOPPED.add(batch_id)
         kernels = list(_KERNELS.get(batch_id, {}).items())
     for _, kernel in kernels:
         kernel.interrupted = True
-        _signal_group(kernel, signal.SIGKILL)
+        _signal_group(kernel, signum)
     return [name for name, _ in kernels]
 
 
