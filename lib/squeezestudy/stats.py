@@ -67,13 +67,6 @@ class Comparison:
         word = "higher" if d > 0 else "lower"
         return f"{self.label_a} is {abs(d):.2f} {unit} {word} than {self.label_b} ({n}, {interval})"
 
-    def row(self, scale: float = 100.0) -> dict:
-        return {"a": self.label_a, "b": self.label_b, "n_a": self.n_a, "n_b": self.n_b,
-                "mean_a": self.mean_a * scale, "std_a": self.std_a * scale,
-                "mean_b": self.mean_b * scale, "std_b": self.std_b * scale,
-                "diff": self.diff * scale, "ci_low": self.low * scale, "ci_high": self.high * scale,
-                "p": self.p, "distinguishable": self.distinguishable}
-
 
 def welch(a: Sequence[float], b: Sequence[float], label_a: str = "a", label_b: str = "b") -> Comparison:
     """Welch's t-test of mean(a) against mean(b), with the 95% interval of the difference
@@ -87,6 +80,15 @@ def welch(a: Sequence[float], b: Sequence[float], label_a: str = "a", label_b: s
                             label_a, label_b)
 
 
+def _t_interval(diff: float, se: float, df: float) -> tuple[float, float, float]:
+    """(low, high) of the 95% interval of `diff` with standard error `se` on `df` degrees of
+    freedom, and the two-sided p of diff = 0. No spread: the interval is the point itself."""
+    if se == 0:
+        return diff, diff, 1.0 if diff == 0 else 0.0
+    half = float(st.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
+    return diff - half, diff + half, float(2 * st.t.sf(abs(diff) / se, df))
+
+
 def welch_from_stats(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int,
                      label_a: str = "a", label_b: str = "b") -> Comparison:
     """`welch` from each side's mean, sample std and n (a table of sweep points, say)."""
@@ -94,29 +96,10 @@ def welch_from_stats(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b
     low = high = p = math.nan
     if n_a > 1 and n_b > 1:
         va, vb = std_a**2 / n_a, std_b**2 / n_b
-        se = math.sqrt(va + vb)
-        if se == 0:
-            low = high = diff
-            p = 1.0 if diff == 0 else 0.0
-        else:
-            df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
-            half = float(st.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
-            low, high = diff - half, diff + half
-            p = float(2 * st.t.sf(abs(diff) / se, df))
+        df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1)) if va + vb > 0 else math.inf
+        low, high, p = _t_interval(diff, math.sqrt(va + vb), df)
     return Comparison(label_a, label_b, int(n_a), int(n_b), float(mean_a), float(mean_b),
                       float(std_a), float(std_b), float(diff), float(low), float(high), float(p))
-
-
-def compare_groups(runs: pd.DataFrame, by: str, pairs: Sequence[tuple], value: str = "test_acc",
-                   labels: dict | None = None) -> pd.DataFrame:
-    """Welch comparisons of `value` between pairs of groups of `by`, one row each."""
-    labels = labels or {}
-    rows = []
-    for a, b in pairs:
-        va, vb = runs.loc[runs[by] == a, value], runs.loc[runs[by] == b, value]
-        c = welch(va, vb, str(labels.get(a, a)), str(labels.get(b, b)))
-        rows.append({**c.row(), "verdict": c.verdict()})
-    return pd.DataFrame(rows)
 
 
 def mean_std(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
@@ -136,13 +119,6 @@ def paired(differences: Sequence[float], label: str = "difference") -> Compariso
     std = float(d.std(ddof=1)) if len(d) > 1 else math.nan
     low = high = p = math.nan
     if len(d) > 1:
-        se = std / math.sqrt(len(d))
-        if se == 0:
-            low = high = float(d.mean())
-            p = 1.0 if d.mean() == 0 else 0.0
-        else:
-            half = float(st.t.ppf(0.5 + CONFIDENCE / 2, len(d) - 1)) * se
-            low, high = float(d.mean()) - half, float(d.mean()) + half
-            p = float(st.ttest_1samp(d, 0.0).pvalue)
+        low, high, p = _t_interval(float(d.mean()), std / math.sqrt(len(d)), len(d) - 1)
     return Comparison(label, "0", len(d), len(d), float(d.mean()), 0.0, std, 0.0, float(d.mean()),
                       low, high, p)
