@@ -104,7 +104,6 @@ def test_no_network_no_files(tmp_path, monkeypatch):
     """Offline with nothing on disk: one clear error, not a traceback from urllib."""
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     monkeypatch.setattr(data, "RAW_DIR", tmp_path / "FashionMNIST" / "raw")
-    monkeypatch.setattr(data, "DATA_ROOT", tmp_path)
 
     import torchvision.datasets
 

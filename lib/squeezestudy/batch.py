@@ -36,20 +36,18 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MANIFEST = REPO_ROOT / "runs.yaml"
+from . import paths
+from .paths import MANIFEST, REPO_ROOT, SMOKE_ENV
+
 TYPE_NAMES = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,),
               "list": (list,), "dict": (dict,)}
 ENTRY_KEYS = {"name": "str", "notebook": "str", "output": "str", "seeds": "list", "grid": "dict",
               "parameters": "dict", "always": "bool"}
 REQUIRED_KEYS = ("name", "notebook", "output")
 PROFILE_KEYS = ("runs", "env")
-# Where notebook 05 puts its runs (train.RUNS_DIR, notebook.SMOKE_RUNS_DIR and SMOKE_ENV, which a
-# test keeps equal): written out here because importing them would import torch, seconds of
-# every batch's start on a 2-core machine.
-RUNS_SUBDIR = Path("outputs") / "runs"
-SMOKE_RUNS_SUBDIR = Path("outputs") / "smoke" / "runs"
-SMOKE_ENV = "SQUEEZESTUDY_SMOKE"
+# Where notebook 05 puts its runs, relative to the root (paths imports no torch: a batch starts fast)
+RUNS_SUBDIR = paths.RUNS_DIR.relative_to(REPO_ROOT)
+SMOKE_RUNS_SUBDIR = paths.SMOKE_RUNS_DIR.relative_to(REPO_ROOT)
 
 
 class ManifestError(ValueError):

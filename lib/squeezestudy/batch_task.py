@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import paths
+
 ROOT_ENV = "SQUEEZESTUDY_BATCH_ROOT"
 # Result files larger than this stay on the worker (a large model's checkpoint): they would
 # go through the scheduler in one message.
@@ -75,7 +77,7 @@ _STOPPED: set[str] = set()  # batches interrupted: their runs that start late do
 def worker_root() -> Path:
     if os.environ.get(ROOT_ENV):
         return Path(os.environ[ROOT_ENV]).resolve()
-    return Path(__file__).resolve().parents[2]
+    return paths.REPO_ROOT
 
 
 def run_on_worker(task: RunTask) -> RunResult:

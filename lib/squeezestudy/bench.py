@@ -31,12 +31,12 @@ from . import data as fmnist
 from . import fileio
 from .device import bf16_supported, device_name, pick_device, synchronize
 from .models import spec
-from .paths import ensure_writable_dir
-from .train import REPO_ROOT, TrainConfig, build_model, make_optimizer, resolve_defaults, train_step
+from .paths import BENCHMARKS_DIR, ensure_writable_dir
+from .train import TrainConfig, build_model, make_optimizer, resolve_defaults, train_step
 
-OUT_DIR = REPO_ROOT / "outputs" / "benchmarks"
 DEFAULT_MODELS = ("squeezenet_fmnist", "lenet", "alexnet", "squeezenet1_0")
-DEFAULT_BATCH = {"squeezenet_fmnist": 256, "lenet": 256, "alexnet": 128, "squeezenet1_0": 32}
+# A model whose training step costs more than this runs a quarter of the timed steps on a CPU.
+HEAVY_GFLOP_PER_IMAGE = 0.5
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Setting:
                 "compile": self.compile, "threads": self.threads or torch.get_num_threads()}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Record:
     model: str
     pipeline: str  # naive | project
@@ -209,8 +209,9 @@ def project_throughput(model_name: str, dataset: fmnist.FashionMNIST, device: to
 
 def default_setting(model_name: str, device: torch.device) -> Setting:
     """What `fit` does by default on this device (see train.fit)."""
+    batch_size = spec(model_name).batch_size
     precision, channels_last, micro_batch = resolve_defaults(TrainConfig(model=model_name), device)
-    return Setting(precision, channels_last, DEFAULT_BATCH[model_name], micro_batch, label="default")
+    return Setting(precision, channels_last, batch_size, micro_batch, label="default")
 
 
 def settings_grid(model_name: str, device: torch.device, quick: bool, try_compile: bool) -> list[Setting]:
@@ -242,9 +243,9 @@ def settings_grid(model_name: str, device: torch.device, quick: bool, try_compil
 
 
 def run(models: list[str], steps: int, repeats: int, warmup: int, quick: bool, try_compile: bool,
-        device_name: str = "auto", data_dir: str | None = None, workers: int = 0,
+        device_choice: str = "auto", data_dir: str | None = None, workers: int = 0,
         echo=print) -> tuple[list[Record], dict[str, float]]:
-    device = pick_device(device_name)
+    device = pick_device(device_choice)
     dataset = fmnist.load(data_dir)
     root = _torchvision_root(dataset.source)
     peaks = {p: matmul_peak(device, p) for p in ("fp32", "bf16")}
@@ -253,17 +254,20 @@ def run(models: list[str], steps: int, repeats: int, warmup: int, quick: bool, t
     records: list[Record] = []
     try:
         for name in models:
-            few = name in ("alexnet", "squeezenet1_0") and device.type == "cpu"
-            n_steps = max(1, steps // 4) if few else steps
-            batch = DEFAULT_BATCH[name]
+            batch = spec(name).batch_size
             config = TrainConfig(model=name)
             flops = train_flops_per_image(build_model(config), config.resolved_image_size(), 1)
+            heavy = flops / 1e9 > HEAVY_GFLOP_PER_IMAGE and device.type == "cpu"
+            n_steps = max(1, steps // 4) if heavy else steps
             rates = naive_throughput(name, root, device, batch, warmup, n_steps, repeats, workers)
-            naive = Record(name, "naive", "fp32", {"batch_size": batch, "channels_last": False,
-                           "compile": False, "threads": torch.get_num_threads(),
-                           "workers": workers}, statistics.median(rates), 1.0,
-                           flops * statistics.median(rates) / peaks["fp32"], flops / 1e9, rates,
-                           "torchvision DataLoader")
+            ips = statistics.median(rates)
+            naive = Record(model=name, pipeline="naive", precision="fp32",
+                           settings={"batch_size": batch, "channels_last": False, "compile": False,
+                                     "threads": torch.get_num_threads(), "workers": workers},
+                           images_per_s=ips, ratio_vs_naive=1.0,
+                           fraction_of_peak=flops * ips / peaks["fp32"],
+                           train_gflop_per_image=flops / 1e9, repeats=rates,
+                           label="torchvision DataLoader")
             records.append(naive)
             echo(_line(naive))
             for setting in settings_grid(name, device, quick, try_compile):
@@ -274,9 +278,11 @@ def run(models: list[str], steps: int, repeats: int, warmup: int, quick: bool, t
                 else:
                     rates = project_throughput(name, dataset, device, setting, warmup, n_steps, repeats)
                 ips = statistics.median(rates)
-                rec = Record(name, "project", setting.precision, setting.describe(), ips,
-                             ips / naive.images_per_s, flops * ips / peaks[setting.precision],
-                             flops / 1e9, rates, setting.label)
+                rec = Record(model=name, pipeline="project", precision=setting.precision,
+                             settings=setting.describe(), images_per_s=ips,
+                             ratio_vs_naive=ips / naive.images_per_s,
+                             fraction_of_peak=flops * ips / peaks[setting.precision],
+                             train_gflop_per_image=flops / 1e9, repeats=rates, label=setting.label)
                 records.append(rec)
                 echo(_line(rec))
     finally:
@@ -316,13 +322,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "where a worker process measured slower than none)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir")
-    p.add_argument("--out", default=str(OUT_DIR))
+    p.add_argument("--out", default=str(BENCHMARKS_DIR))
 
 
 def main(args: argparse.Namespace) -> int:
     for name in args.models:
-        if name not in DEFAULT_BATCH:
-            raise ValueError(f"bench knows {', '.join(DEFAULT_BATCH)}; got {name!r}")
+        spec(name)  # an unknown name fails here, listing the known ones
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.workers < 0:
         raise ValueError("--steps and --repeats must be >= 1, --warmup and --workers >= 0")
     device = pick_device(args.device)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import paths
 from .paths import display_path
 
 
@@ -38,16 +39,77 @@ def _parse_model_kwargs(text: str) -> dict:
     return value
 
 
-def _cmd_train(args) -> int:
-    from .train import RUNS_DIR, TrainConfig, fit
+_FLAG_TYPES = {"int": int, "int | None": int, "float": float, "str": str}
 
-    config = TrainConfig(
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-        lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
-        label_smoothing=args.label_smoothing, augment=args.augment, seed=args.seed,
-        device=args.device, precision=args.precision, compile=args.compile,
-        train_subset=args.train_subset, model_kwargs=_parse_model_kwargs(args.model_kwargs),
-    )
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, with its default and help text (TrainConfig is the one
+    source of run defaults); --model-kwargs takes JSON."""
+    import dataclasses
+
+    from .train import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        help_text = f.metadata["help"] + ("" if default is None else " (default: %(default)s)")
+        if f.type in ("bool", "bool | None"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        elif f.type == "dict":
+            parser.add_argument(flag, default=json.dumps(default), metavar="JSON",
+                                help=help_text + """, e.g. '{"sr": 0.25}'""")
+        else:
+            parser.add_argument(flag, type=_FLAG_TYPES[f.type], default=default, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace):
+    import dataclasses
+
+    from .train import TrainConfig
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{**values, "model_kwargs": _parse_model_kwargs(args.model_kwargs)})
+
+
+class _LazyParser(argparse.ArgumentParser):
+    """A subcommand whose flags are added when it is used: `train`'s come from TrainConfig, whose
+    module imports torch, which the other commands (a batch's start) should not wait for."""
+
+    def __init__(self, *args, add_flags=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_flags = add_flags
+
+    def _populate(self) -> None:
+        if self._add_flags is not None:
+            add_flags, self._add_flags = self._add_flags, None
+            add_flags(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._populate()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._populate()
+        return super().format_help()
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    add_config_flags(p)
+    p.add_argument("--data-dir", help="directory of the four IDX files (default: "
+                                      "$FASHION_MNIST_DIR, data/FashionMNIST/raw, else download)")
+    p.add_argument("--name", help="run name under outputs/runs/ (default: <model>-s<seed>)")
+    p.add_argument("--out", help="run directory (overrides --name)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="start over in a run directory that already holds a run (deletes it)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _cmd_train(args) -> int:
+    from .train import RUNS_DIR, fit
+
+    config = config_from_args(args)
     out = Path(args.out) if args.out else RUNS_DIR / (args.name or f"{args.model}-s{args.seed}")
     result = fit(config, out_dir=out, resume=args.resume, force=args.force, quiet=args.quiet,
                  data_dir=args.data_dir)
@@ -88,35 +150,13 @@ def _cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="squeezestudy", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_LazyParser)
 
     p = sub.add_parser("data", help="find (or download) Fashion-MNIST and check it")
     p.add_argument("--dir", help="directory holding the four IDX files")
     p.set_defaults(func=_cmd_data)
 
-    p = sub.add_parser("train", help="train one model without a notebook")
-    p.add_argument("--model", default="squeezenet_fmnist")
-    p.add_argument("--model-kwargs", default="{}", help="JSON object passed to the model builder")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--optimizer", default="adamw")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", default="onecycle")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--augment", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--train-subset", type=int)
-    p.add_argument("--data-dir")
-    p.add_argument("--name", help="run name under outputs/runs/ (default: <model>-s<seed>)")
-    p.add_argument("--out", help="run directory (overrides --name)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    p.add_argument("--force", action="store_true",
-                   help="start over in a run directory that already holds a run (deletes it)")
-    p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("train", help="train one model without a notebook", add_flags=_train_flags)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("batch", help="run a profile of the manifest through papermill")
@@ -130,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786, "
                                        "instead of a local cluster")
     p.add_argument("--scheduler-file", help="the JSON file `dask scheduler --scheduler-file` wrote")
-    p.add_argument("--manifest", default=str(Path(__file__).resolve().parents[2] / "runs.yaml"))
+    p.add_argument("--manifest", default=str(paths.MANIFEST))
     p.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
     p.add_argument("--dry-run", action="store_true", help="validate and list, run nothing")
     p.set_defaults(func=_cmd_batch)
@@ -138,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the README's result tables from outputs/runs "
                                       "(--check: fail if the committed ones differ)")
     p.add_argument("--check", action="store_true", help="compare only; exit 1 if any table differs")
-    p.add_argument("--readme", default=str(Path(__file__).resolve().parents[2] / "README.md"))
+    p.add_argument("--readme", default=str(paths.README))
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("bench", help="training throughput: naive pipeline vs this project's")

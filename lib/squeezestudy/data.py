@@ -19,11 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from .idx import IdxError, read_idx, verify_checksums
+from .paths import DATA_DIR
 
 ENV_VAR = "FASHION_MNIST_DIR"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA_ROOT = REPO_ROOT / "data"
-RAW_DIR = DATA_ROOT / "FashionMNIST" / "raw"
+RAW_DIR = DATA_DIR / "FashionMNIST" / "raw"
 
 CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

@@ -6,10 +6,9 @@ import dataclasses
 import os
 from pathlib import Path
 
-from .train import REPO_ROOT, RUNS_DIR, TrainConfig
+from .paths import RUNS_DIR, SMOKE_ENV, SMOKE_RUNS_DIR
+from .train import TrainConfig
 
-SMOKE_ENV = "SQUEEZESTUDY_SMOKE"
-SMOKE_RUNS_DIR = REPO_ROOT / "outputs" / "smoke" / "runs"
 SMOKE_TRAIN_IMAGES = 2_000
 
 

@@ -1,5 +1,9 @@
-"""Paths given by the user: shown relative to the repository when inside it, and output
-directories checked before any work is done."""
+"""The study's paths, in one place, and paths given by the user: shown relative to the
+repository when inside it, and output directories checked before any work is done.
+
+The root is the repository this package was installed from (editable install), or
+$SQUEEZESTUDY_ROOT for a package installed elsewhere that should read and write a checkout.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,26 @@ import os
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+ROOT_ENV = "SQUEEZESTUDY_ROOT"
+SMOKE_ENV = "SQUEEZESTUDY_SMOKE"  # set to 1: notebooks train tiny runs into outputs/smoke
+
+
+def _root() -> Path:
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV]).expanduser().resolve()
+    return Path(__file__).resolve().parents[2]  # lib/squeezestudy/paths.py -> the checkout
+
+
+REPO_ROOT = _root()
+README = REPO_ROOT / "README.md"
+MANIFEST = REPO_ROOT / "runs.yaml"
+DATA_DIR = REPO_ROOT / "data"
+OUTPUTS = REPO_ROOT / "outputs"
+RUNS_DIR = OUTPUTS / "runs"
+SMOKE_RUNS_DIR = OUTPUTS / "smoke" / "runs"
+WEIGHTS_DIR = OUTPUTS / "weights"
+BENCHMARKS_DIR = OUTPUTS / "benchmarks"
+FIGURES_DIR = OUTPUTS / "figures"
 
 
 class OutputDirError(ValueError):

@@ -11,12 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from . import stats
-from .results import collect_runs
+from .paths import OUTPUTS, README, RUNS_DIR
+from .results import collect_runs, select
 from .summary import size_mb
-from .train import REPO_ROOT, RUNS_DIR
 
-README = REPO_ROOT / "README.md"
-DEPTH_TRAIN_ACCURACY = REPO_ROOT / "outputs" / "depth" / "train_accuracy.csv"
+DEPTH_TRAIN_ACCURACY = OUTPUTS / "depth" / "train_accuracy.csv"
 MARKER = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
 
 NOTE_MODELS = {"squeezenet_fmnist": "one-Fire SqueezeNet", "lenet": "LeNet (no padding)",
@@ -28,7 +27,7 @@ class ReportError(ValueError):
 
 
 def _runs(pattern: str, runs: pd.DataFrame) -> pd.DataFrame:
-    chosen = runs[runs.run.map(lambda name: re.fullmatch(pattern, name) is not None)]
+    chosen = select(runs, pattern)
     if chosen.empty:
         raise ReportError(f"no finished run matches {pattern!r} in {RUNS_DIR}; run the batch first")
     return chosen
@@ -161,7 +160,7 @@ def comparison_table(runs: pd.DataFrame, pairs: list[tuple[str, str, str, str]] 
     return _markdown(pd.DataFrame(rows), "lrrrrl")
 
 
-DEEP_COMPRESSION_TABLE = REPO_ROOT / "outputs" / "deep_compression" / "table2.csv"
+DEEP_COMPRESSION_TABLE = OUTPUTS / "deep_compression" / "table2.csv"
 
 
 def deep_compression_table(runs: pd.DataFrame) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
 
+from . import stats
 from .rundir import HISTORY, read_history, read_metrics
 from .summary import size_mb
 from .train import RUNS_DIR
@@ -28,6 +30,11 @@ def collect_runs(runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
     if not rows:
         raise FileNotFoundError(f"no finished runs (*/metrics.json) in {runs_dir}; run the batch first")
     return pd.DataFrame(rows)
+
+
+def select(runs: pd.DataFrame, pattern: str) -> pd.DataFrame:
+    """The runs whose name matches the regular expression `pattern` (the whole name)."""
+    return runs[runs.run.map(lambda name: re.fullmatch(pattern, name) is not None)]
 
 
 def describe_recipe(config: dict) -> str:
@@ -58,14 +65,15 @@ def comparison_table(runs: pd.DataFrame, mult_adds: dict[str, int] | None = None
     """Per model: parameters, size, multiply-adds, test accuracy mean +- std over seeds,
     training time and throughput."""
     grouped = runs.groupby(list(by), sort=False)
+    test = stats.aggregate(runs, list(by))
     table = pd.DataFrame({
         "params": grouped["params"].first(),
         "size_MB_fp32": grouped["params"].first().map(lambda p: round(size_mb(p), 3)),
-        "seeds": grouped["seed"].nunique(),
+        "seeds": test["n"],
         "epochs": grouped["epochs"].first(),
-        "test_acc_mean": grouped["test_acc"].mean().round(4),
-        "test_acc_std": grouped["test_acc"].std(ddof=1).fillna(0).round(4),
-        "val_acc_mean": grouped["val_acc"].mean().round(4),
+        "test_acc_mean": test["mean"].round(4),
+        "test_acc_std": test["std"].fillna(0).round(4),
+        "val_acc_mean": stats.aggregate(runs, list(by), "val_acc")["mean"].round(4),
         "train_min": (grouped["train_time_s"].mean() / 60).round(1),
         "images_per_s": grouped["images_per_s"].median().round(0).astype(int),
         "device": grouped["device_name"].first(),

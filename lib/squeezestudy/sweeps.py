@@ -4,7 +4,6 @@ training accuracy that the depth study needs."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +12,7 @@ import torch
 from . import data as fmnist
 from . import stats
 from .evaluate import evaluate
-from .results import collect_runs
+from .results import collect_runs, select
 from .summary import size_mb
 from .train import RUNS_DIR, load_predictions, load_trained_model
 
@@ -33,7 +32,7 @@ def collect(pattern: str, runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
     """The finished runs whose name matches the regular expression `pattern` (whole name),
     one row per run, with the builder arguments (model_kwargs) as columns and the fp32 size."""
     runs = collect_runs(runs_dir)
-    runs = runs[runs.run.map(lambda name: re.fullmatch(pattern, name) is not None)]
+    runs = select(runs, pattern)
     if runs.empty:
         raise FileNotFoundError(f"no finished run in {runs_dir} matches {pattern!r}; "
                                 "run its sweep first: squeezestudy batch --profile full")
@@ -59,16 +58,17 @@ def points(runs: pd.DataFrame, by: str) -> pd.DataFrame:
     """One row per value of `by`: parameters, size, seeds, test accuracy mean / std / min / max,
     training and validation accuracy (means)."""
     grouped = runs.groupby(by)
+    test = stats.aggregate(runs, by)
     table = pd.DataFrame({
         "params": grouped.params.first(),
         "size_MB": grouped.size_MB.first().round(3),
-        "seeds": grouped.seed.nunique(),
-        "test_acc_mean": grouped.test_acc.mean(),
-        "test_acc_std": grouped.test_acc.std(ddof=1).fillna(0.0),
+        "seeds": test["n"],
+        "test_acc_mean": test["mean"],
+        "test_acc_std": test["std"].fillna(0.0),
         "test_acc_min": grouped.test_acc.min(),
         "test_acc_max": grouped.test_acc.max(),
-        "train_acc_mean": grouped.train_acc.mean(),
-        "val_acc_mean": grouped.val_acc.mean(),
+        "train_acc_mean": stats.aggregate(runs, by, "train_acc")["mean"],
+        "val_acc_mean": stats.aggregate(runs, by, "val_acc")["mean"],
         "runs_with_dead_class": grouped.classes_predicted.agg(lambda c: int(((c >= 0) & (c < 10)).sum())),
     })
     return table.sort_index()

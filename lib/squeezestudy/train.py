@@ -42,8 +42,7 @@ from .summary import count_parameters
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
-REPO_ROOT = paths.REPO_ROOT
-RUNS_DIR = REPO_ROOT / "outputs" / "runs"
+REPO_ROOT, RUNS_DIR = paths.REPO_ROOT, paths.RUNS_DIR  # also importable from here
 MAX_SEED = 2**32  # seeds are mixed with the epoch as seed * 100_003 + epoch
 RESUME_HINT = "resume=True (command line: --resume)"
 FORCE_HINT = "force=True (command line: --force)"
@@ -138,34 +137,43 @@ def _device_problem(device: str) -> str | None:
     return None
 
 
+def _option(default, help: str):
+    """A TrainConfig field with its help text: the command line's flags are made from these."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (and nothing that does not change its result)."""
+    """Everything that defines a training run (and nothing that does not change its result).
+    The one source of run defaults: `squeezestudy train`'s flags are generated from these fields,
+    and a test keeps notebook 05's parameters equal to them."""
 
-    model: str = "squeezenet_fmnist"
-    model_kwargs: dict = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 256
-    optimizer: str = "adamw"
-    lr: float = 3e-3
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    warmup_fraction: float = 0.2  # onecycle: share of steps spent warming up
-    label_smoothing: float = 0.0
-    augment: bool = False
-    image_size: int | None = None  # None: the model's own input size
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool | None = None  # None: on, except on MPS
-    compile: bool = False
-    batch_size_eval: int = 1000
-    # Split each batch into micro-batches of this size, gradients accumulated: the same update
-    # with cache-sized activations. None: the device's measured default (see resolve_defaults);
-    # 0: never split.
-    micro_batch: int | None = None
-    train_subset: int | None = None  # train on n images, the first n/10 of each class (tests, smoke)
+    model: str = _option("squeezenet_fmnist", "a registered model (squeezestudy.models.REGISTRY)")
+    model_kwargs: dict = _option({}, "keyword arguments of the model's builder")
+    epochs: int = _option(30, "training epochs")
+    batch_size: int = _option(256, "images per optimizer step")
+    optimizer: str = _option("adamw", f"one of {', '.join(OPTIMIZERS)}")
+    lr: float = _option(0.01, "peak learning rate")
+    momentum: float = _option(0.9, "SGD's (Nesterov) momentum; unused by AdamW")
+    weight_decay: float = _option(5e-4, "weight decay of the weights (never of biases)")
+    schedule: str = _option("onecycle", f"learning-rate schedule: one of {', '.join(SCHEDULES)}")
+    warmup_fraction: float = _option(0.2, "onecycle: share of the steps spent warming up")
+    label_smoothing: float = _option(0.0, "label smoothing of the cross-entropy, in [0, 1)")
+    augment: bool = _option(False, "random crops (zero padding) and horizontal flips of training images")
+    image_size: int | None = _option(None, "input side in pixels (default: the model's own)")
+    seed: int = _option(0, "seeds the weights, the batch order, dropout and augmentation")
+    device: str = _option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    precision: str = _option("auto", f"one of {', '.join(PRECISIONS)}; auto: bf16 where it pays")
+    channels_last: bool | None = _option(None, "NHWC memory layout (default: on, except on MPS)")
+    compile: bool = _option(False, "torch.compile the model")
+    batch_size_eval: int = _option(1000, "images per evaluation batch")
+    # The same update with cache-sized activations: gradients accumulated over micro-batches.
+    micro_batch: int | None = _option(None, "split each batch into micro-batches of this size "
+                                            "(default: the device's measured choice; 0: never)")
+    train_subset: int | None = _option(None, "train on n images, the first n/10 of each class "
+                                             "(tests, smoke runs)")
 
     def __post_init__(self) -> None:
         spec(self.model)  # unknown names fail here, listing the known ones
@@ -241,7 +249,7 @@ class RunResult:
 
 def build_model(config: TrainConfig) -> nn.Module:
     kwargs = {"num_classes": fmnist.NUM_CLASSES, "in_channels": 1, **config.model_kwargs}
-    if config.model == "alexnet":
+    if spec(config.model).sized_by_input:
         kwargs.setdefault("image_size", config.resolved_image_size())
     try:
         return build(config.model, **kwargs)
@@ -282,25 +290,17 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "python": platform.python_version()}
 
 
-# Micro-batch sizes measured faster on CPU than the whole batch (training images/s, 2-core AVX2):
-# one-Fire SqueezeNet at batch 256: 4,136 whole, 6,366 as 2 x 128, 5,079 as 4 x 64.
-# SqueezeNet v1.0 at 224x224, batch 32: 14 whole, 18 as 2 x 16 (squeezestudy bench).
-# LeNet and AlexNet-112 lose throughput at smaller batches, so they are not split.
-CPU_MICRO_BATCH = {"squeezenet_fmnist": 128, "squeezenet1_0": 16}
-
-
 def resolve_defaults(config: TrainConfig, device: torch.device) -> tuple[str, bool, int]:
-    """(precision, channels_last, micro_batch) that `fit` uses for `config` on `device`;
-    micro_batch 0 means whole batches."""
-    # bf16 autocast: on CUDA, and on CPUs with native bf16 for the models with big matmuls
-    # (the tiny ones are bound by memory and overhead there).
-    prefer_bf16 = device.type == "cuda" or config.model in ("alexnet", "squeezenet1_0", "squeezenet1_1")
+    """(precision, channels_last, micro_batch) that `fit` uses for `config` on `device`, from the
+    model's facts (ModelSpec); micro_batch 0 means whole batches."""
+    model = spec(config.model)
+    prefer_bf16 = device.type == "cuda" or model.bf16_on_cpu
     precision = resolve_precision(config.precision, device, prefer_bf16=prefer_bf16)
     # channels_last measured faster for every model (CPU fp32: 1.3-2x; CUDA bf16: 1.05-1.1x).
     channels_last = config.channels_last if config.channels_last is not None else device.type != "mps"
     micro_batch = config.micro_batch
     if micro_batch is None:
-        micro_batch = CPU_MICRO_BATCH.get(config.model, 0) if device.type == "cpu" else 0
+        micro_batch = model.cpu_micro_batch if device.type == "cpu" else 0
     return precision, channels_last, micro_batch
 
 
@@ -414,41 +414,68 @@ def fit(
     without it that is an error, so nothing is overwritten by mistake.
     """
     device = pick_device(config.device)
-    image_size = config.resolved_image_size()
-    precision, channels_last, micro_batch = resolve_defaults(config, device)
     out_path = Path(out_dir) if out_dir is not None else None
     state, old_files = _open_run_dir(out_path, config, resume, force, device) \
         if out_path is not None else (None, ())
     start_epoch = state["epoch"] if state else 0
     stage = _Stage(start_epoch, "building the model", saved=start_epoch)
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     try:
-        return _fit(config, dataset, data_dir, out_path, state, old_files, device, image_size,
-                    precision, channels_last, micro_batch, quiet, stage)
+        run = _prepare(config, device, dataset, data_dir, stage)
+        history = _restore(run, state, out_path / CHECKPOINT) if state is not None else []
+        if out_path is not None:  # from here the directory holds a run in progress
+            rundir.remove(out_path, old_files)
+            stage.changed_dir = True
+        log(run.describe(start_epoch))
+        for epoch in range(start_epoch, config.epochs):
+            history.append(_run_epoch(run, epoch, stage, quiet))
+            log(_epoch_line(history[-1], config.epochs))
+            if out_path is not None:
+                _save_checkpoint(run, history, out_path, stage)
+        stage.epoch, stage.phase = config.epochs, "writing the results (predictions, metrics)"
+        return _finish(run, history, out_path)
     except KeyboardInterrupt:
         raise TrainingInterrupted(stage.interrupted(out_path, config.epochs)) from None
 
 
-def _restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, path: Path) -> None:
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as err:
-        first_line = str(err).strip().splitlines()[0]
-        raise ResultFileError(f"{path}: its weights do not fit the model ({first_line}), corrupt; "
-                              f"delete it to start the run over, or run without resume and with "
-                              f"{FORCE_HINT}") from None
+@dataclass
+class _Training:
+    """A run being trained: what every epoch needs."""
+
+    config: TrainConfig
+    device: torch.device
+    precision: str
+    channels_last: bool
+    micro_batch: int  # 0: whole batches
+    image_size: int
+    model: nn.Module
+    step_model: nn.Module  # the model, or its torch.compile'd version
+    params: int
+    train_images: int
+    train_batches: fmnist.Batches
+    val_batches: fmnist.Batches
+    test_batches: fmnist.Batches
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+    def describe(self, start_epoch: int) -> str:
+        return (f"{self.config.model}: {self.params:,} parameters, {device_label(self.device)}, "
+                f"{self.precision}, channels_last={self.channels_last}, "
+                f"micro_batch={self.micro_batch or 'off'}, {self.train_images:,} training images at "
+                f"{self.image_size}x{self.image_size}"
+                + (f", resuming after epoch {start_epoch}" if start_epoch else ""))
 
 
-def _fit(config: TrainConfig, dataset: fmnist.FashionMNIST | None, data_dir, out_path: Path | None,
-         state: dict | None, old_files: tuple[str, ...], device: torch.device, image_size: int,
-         precision: str, channels_last: bool, micro_batch: int, quiet: bool, stage: _Stage) -> RunResult:
-    # The model first: a model_kwargs value its builder refuses fails before the data is loaded.
+def _prepare(config: TrainConfig, device: torch.device, dataset: fmnist.FashionMNIST | None,
+             data_dir, stage: _Stage) -> _Training:
+    """Model, data batches, optimizer and schedule. The model first: a model_kwargs value its
+    builder refuses fails before the data is loaded."""
+    precision, channels_last, micro_batch = resolve_defaults(config, device)
+    image_size = config.resolved_image_size()
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    params = count_parameters(model)
     if dataset is None:
         stage.phase = "loading data"
         dataset = fmnist.load(data_dir)
@@ -465,100 +492,113 @@ def _fit(config: TrainConfig, dataset: fmnist.FashionMNIST | None, data_dir, out
     if len(train_batches) == 0:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_split)} "
                          "training images; lower it")
-    val_batches = batches(dataset.val, config.batch_size_eval, False)
-    test_batches = batches(dataset.test, config.batch_size_eval, False)
-
     optimizer = make_optimizer(model, config)
     total_steps = config.epochs * len(train_batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, config.schedule, config.warmup_fraction))
+    return _Training(config, device, precision, channels_last, micro_batch, image_size, model,
+                     torch.compile(model) if config.compile else model, count_parameters(model),
+                     len(train_split), train_batches, batches(dataset.val, config.batch_size_eval, False),
+                     batches(dataset.test, config.batch_size_eval, False), optimizer, scheduler)
 
-    history: list[dict] = []
-    start_epoch = 0
-    if state is not None:
-        _restore(state, model, optimizer, scheduler, out_path / CHECKPOINT)
-        history = state["history"]
-        start_epoch = state["epoch"]
 
-    if out_path is not None:  # from here the directory holds a run in progress
-        rundir.remove(out_path, old_files)
-        stage.changed_dir = True
-    step_model = torch.compile(model) if config.compile else model
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    log(f"{config.model}: {params:,} parameters, {device_label(device)}, {precision}, "
-        f"channels_last={channels_last}, micro_batch={micro_batch or 'off'}, "
-        f"{len(train_split):,} training images at {image_size}x{image_size}"
-        + (f", resuming after epoch {start_epoch}" if start_epoch else ""))
+def _restore(run: _Training, state: dict, path: Path) -> list[dict]:
+    """Load a checkpoint into the run; returns its history."""
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise ResultFileError(f"{path}: its weights do not fit the model ({first_line}), corrupt; "
+                              f"delete it to start the run over, or run without resume and with "
+                              f"{FORCE_HINT}") from None
+    return state["history"]
 
-    for epoch in range(start_epoch, config.epochs):
-        stage.epoch, stage.phase, stage.started = epoch, "training", True
-        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout
-        train_batches.set_seed(config.seed * 100_003 + epoch)  # order and augmentation
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        synchronize(device)
-        t0 = time.perf_counter()
-        progress = None
-        if not quiet:
-            from tqdm.auto import tqdm
 
-            progress = tqdm(total=len(train_batches), desc=f"epoch {epoch + 1}/{config.epochs}",
-                            leave=False, mininterval=1.0, file=sys.stdout)
-        try:
-            for step, (x, y) in enumerate(train_batches):
-                lr_now = scheduler.get_last_lr()[0]
-                loss, logits, finite = train_step(step_model, optimizer, x, y, device, precision,
-                                                  config.label_smoothing, micro_batch)
-                if not finite:
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                        f"(lr {lr_now:.3g}); the checkpoint of epoch {epoch} "
-                        "is kept. Lower the learning rate or use precision='fp32'.")
-                scheduler.step()
-                loss_sum += loss * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-                if progress is not None:
-                    progress.update()
-        finally:
+def _run_epoch(run: _Training, epoch: int, stage: _Stage, quiet: bool) -> dict:
+    """Train one epoch, then evaluate on validation and test: the epoch's history row."""
+    stage.epoch, stage.phase, stage.started = epoch, "training", True
+    train_loss, train_acc, seen, train_s = _train_epoch(run, epoch, quiet)
+    stage.phase = "evaluation"
+    t0 = time.perf_counter()
+    val_loss, val_acc = evaluate(run.model, run.val_batches, run.precision)
+    test_loss, test_acc = evaluate(run.model, run.test_batches, run.precision)
+    return {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+            "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+            "train_s": train_s, "eval_s": time.perf_counter() - t0, "images_per_s": seen / train_s}
+
+
+def _train_epoch(run: _Training, epoch: int, quiet: bool) -> tuple[float, float, int, float]:
+    """One pass over the training batches: (mean loss, accuracy, images, seconds). Randomness is
+    seeded from (seed, epoch), so a resumed run continues exactly."""
+    config, device = run.config, run.device
+    torch.manual_seed(config.seed * 100_003 + epoch)  # dropout
+    run.train_batches.set_seed(config.seed * 100_003 + epoch)  # order and augmentation
+    run.model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    synchronize(device)
+    t0 = time.perf_counter()
+    progress = None if quiet else _progress_bar(len(run.train_batches), epoch, config.epochs)
+    try:
+        for step, (x, y) in enumerate(run.train_batches):
+            lr_now = run.scheduler.get_last_lr()[0]
+            loss, logits, finite = train_step(run.step_model, run.optimizer, x, y, device,
+                                              run.precision, config.label_smoothing, run.micro_batch)
+            if not finite:
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr {lr_now:.3g}); "
+                    f"the checkpoint of epoch {epoch} is kept. Lower the learning rate or use "
+                    "precision='fp32'.")
+            run.scheduler.step()
+            loss_sum += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
             if progress is not None:
-                progress.close()
-        synchronize(device)
-        train_s = time.perf_counter() - t0
-        stage.phase = "evaluation"
-        t1 = time.perf_counter()
-        val_loss, val_acc = evaluate(model, val_batches, precision)
-        test_loss, test_acc = evaluate(model, test_batches, precision)
-        eval_s = time.perf_counter() - t1
-        row = {
-            "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-            "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "train_s": train_s, "eval_s": eval_s, "images_per_s": seen / train_s,
-        }
-        history.append(row)
-        log(f"epoch {epoch + 1:3d}/{config.epochs}  loss {row['train_loss']:.4f}  "
-            f"train {row['train_acc']:.4f}  val {val_acc:.4f}  test {test_acc:.4f}  "
-            f"{train_s:.1f}s  {row['images_per_s']:,.0f} img/s")
-        if out_path is not None:
-            stage.phase = SAVING  # atomic: the previous checkpoint stays until the rename
-            stage.replacing = _file_identity(out_path / CHECKPOINT)
-            fileio.torch_save({"config": config.to_dict(), "epoch": epoch + 1, "history": history,
-                               "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict()}, out_path / CHECKPOINT)
-            stage.saved = epoch + 1
-            fileio.write_text(out_path / rundir.HISTORY, pd.DataFrame(history).to_csv(index=False))
+                progress.update()
+    finally:
+        if progress is not None:
+            progress.close()
+    synchronize(device)
+    return loss_sum.item() / seen, correct.item() / seen, seen, time.perf_counter() - t0
 
-    stage.epoch, stage.phase = config.epochs, "writing the results (predictions, metrics)"
-    frame = pd.DataFrame(history)
-    last = history[-1]
+
+def _progress_bar(steps: int, epoch: int, epochs: int):
+    from tqdm.auto import tqdm  # a widget in Jupyter, text elsewhere
+
+    return tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=1.0,
+                file=sys.stdout)
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch']:3d}/{epochs}  loss {row['train_loss']:.4f}  "
+            f"train {row['train_acc']:.4f}  val {row['val_acc']:.4f}  test {row['test_acc']:.4f}  "
+            f"{row['train_s']:.1f}s  {row['images_per_s']:,.0f} img/s")
+
+
+def _save_checkpoint(run: _Training, history: list[dict], out_path: Path, stage: _Stage) -> None:
+    """Checkpoint and history after an epoch; atomic: the previous checkpoint stays until the rename."""
+    stage.phase = SAVING
+    stage.replacing = _file_identity(out_path / CHECKPOINT)
+    epochs_done = history[-1]["epoch"]
+    fileio.torch_save({"config": run.config.to_dict(), "epoch": epochs_done, "history": history,
+                       "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                       "scheduler": run.scheduler.state_dict()}, out_path / CHECKPOINT)
+    stage.saved = epochs_done
+    fileio.write_text(out_path / rundir.HISTORY, pd.DataFrame(history).to_csv(index=False))
+
+
+def _finish(run: _Training, history: list[dict], out_path: Path | None) -> RunResult:
+    """The run's summary (metrics), and on disk its predictions and metrics.json, written last."""
+    config, frame, last = run.config, pd.DataFrame(history), history[-1]
     metrics = {
-        "model": config.model, "params": params, "epochs": config.epochs, "seed": config.seed,
-        "precision": precision, "device": str(device), "device_name": device_name(device),
-        "channels_last": channels_last, "micro_batch": micro_batch, "image_size": image_size,
-        "train_images": len(train_split),
+        "model": config.model, "params": run.params, "epochs": config.epochs, "seed": config.seed,
+        "precision": run.precision, "device": str(run.device), "device_name": device_name(run.device),
+        "channels_last": run.channels_last, "micro_batch": run.micro_batch,
+        "image_size": run.image_size, "train_images": run.train_images,
         "test_acc": last["test_acc"], "val_acc": last["val_acc"], "train_acc": last["train_acc"],
         "test_loss": last["test_loss"], "val_loss": last["val_loss"],
         "train_time_s": float(frame["train_s"].sum()),
@@ -568,8 +608,9 @@ def _fit(config: TrainConfig, dataset: fmnist.FashionMNIST | None, data_dir, out
     }
     if out_path is not None:
         metrics = rundir.write_finished(out_path, frame.to_csv(index=False),
-                                        predictions_npz(model, test_batches, precision), metrics)
-    return RunResult(model, frame, metrics, out_path)
+                                        predictions_npz(run.model, run.test_batches, run.precision),
+                                        metrics)
+    return RunResult(run.model, frame, metrics, out_path)
 
 
 def predictions_npz(model: nn.Module, batches: fmnist.Batches, precision: str) -> bytes:

@@ -19,10 +19,9 @@ import torch
 from torch import nn
 
 from . import fileio
+from .paths import RUNS_DIR, WEIGHTS_DIR
 from .rundir import read_metrics, read_weights
-from .train import CHECKPOINT, REPO_ROOT, RUNS_DIR, TrainConfig, build_model, load_trained_model
-
-WEIGHTS_DIR = REPO_ROOT / "outputs" / "weights"
+from .train import CHECKPOINT, TrainConfig, build_model, load_trained_model
 
 
 class WeightsNotFoundError(FileNotFoundError):

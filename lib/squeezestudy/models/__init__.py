@@ -23,19 +23,36 @@ from .squeezenet_fmnist import SqueezeNetFashionMNIST, squeezenet_fmnist
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """What the rest of the package needs to know about a model: adding one touches this file."""
+
     builder: Callable[..., nn.Module]
     image_size: int  # the input side the model is meant for
     in_channels: int
     description: str
+    batch_size: int = 256  # the batch the benchmark trains it at
+    # Micro-batch measured faster on CPU than the whole batch (0: whole batches). Training
+    # images/s, 2-core AVX2 (squeezestudy bench): one-Fire SqueezeNet at batch 256: 4,136 whole,
+    # 6,366 as 2 x 128, 5,079 as 4 x 64; SqueezeNet v1.0 at 224x224, batch 32: 14 whole, 18 as
+    # 2 x 16. LeNet and AlexNet-112 lose throughput at smaller batches.
+    cpu_micro_batch: int = 0
+    # bf16 autocast on a CPU with native bf16: worth it for big matmuls only; the tiny models
+    # are bound by memory and overhead there. (On CUDA every model uses bf16.)
+    bf16_on_cpu: bool = False
+    sized_by_input: bool = False  # the builder takes image_size: its classifier depends on it
 
 
 REGISTRY: dict[str, ModelSpec] = {
-    "squeezenet_fmnist": ModelSpec(squeezenet_fmnist, 28, 1, "the note's one-Fire SqueezeNet"),
+    "squeezenet_fmnist": ModelSpec(squeezenet_fmnist, 28, 1, "the note's one-Fire SqueezeNet",
+                                   cpu_micro_batch=128),
     "lenet": ModelSpec(lenet, 28, 1, "LeNet-5 without padding"),
-    "alexnet": ModelSpec(alexnet, 112, 1, "d2l's one-channel AlexNet at 112x112"),
-    "squeezenet1_0": ModelSpec(squeezenet1_0, 224, 3, "SqueezeNet v1.0 (paper, Table 1)"),
-    "squeezenet1_1": ModelSpec(squeezenet1_1, 224, 3, "SqueezeNet v1.1"),
-    "squeezenet_sketch": ModelSpec(squeezenet_sketch, 224, 3, "the note's Keras sketch of v1.0"),
+    "alexnet": ModelSpec(alexnet, 112, 1, "d2l's one-channel AlexNet at 112x112", batch_size=128,
+                         bf16_on_cpu=True, sized_by_input=True),
+    "squeezenet1_0": ModelSpec(squeezenet1_0, 224, 3, "SqueezeNet v1.0 (paper, Table 1)",
+                               batch_size=32, cpu_micro_batch=16, bf16_on_cpu=True),
+    "squeezenet1_1": ModelSpec(squeezenet1_1, 224, 3, "SqueezeNet v1.1", batch_size=32,
+                               bf16_on_cpu=True),
+    "squeezenet_sketch": ModelSpec(squeezenet_sketch, 224, 3, "the note's Keras sketch of v1.0",
+                                   batch_size=32),
     "squeezenet_design": ModelSpec(squeezenet_design, 28, 1,
                                    "SqueezeNet from the paper's metaparameters, sized for 28x28"),
 }
