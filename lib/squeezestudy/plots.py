@@ -112,19 +112,6 @@ def accuracy_vs_params(table: pd.DataFrame, x: str = "params", y: str = "test_ac
     return save(fig, path)
 
 
-def bar(table: pd.DataFrame, x: str, y: str, title: str = "", log: bool = False,
-        path: str | Path | None = None) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    sns.barplot(data=table, x=x, y=y, ax=ax)
-    if log:
-        ax.set_yscale("log")
-    for container in ax.containers:
-        ax.bar_label(container, fmt="%.3g", fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    return save(fig, path)
-
-
 def pixel_histogram(images: torch.Tensor, labels: torch.Tensor,
                     path: str | Path | None = None) -> plt.Figure:
     """Per-class mean intensity distributions."""
