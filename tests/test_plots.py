@@ -45,3 +45,17 @@ def test_figures_keep_the_study_style_without_leaking_it():
     assert dict(matplotlib.rcParams) == before
     pickle.loads(pickle.dumps(fig))
     plt.close(fig)
+
+
+def test_style_restores_only_its_own_settings():
+    """A Jupyter kernel's first figure switches interactive mode on; if leaving the style undid
+    that, the inline backend would show no later figure."""
+    from squeezestudy import plots
+
+    before = matplotlib.is_interactive()
+    try:
+        with plots.style():
+            matplotlib.interactive(not before)
+        assert matplotlib.is_interactive() == (not before)
+    finally:
+        matplotlib.interactive(before)

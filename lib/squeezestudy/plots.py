@@ -29,12 +29,19 @@ P = ParamSpec("P")
 @contextmanager
 def style() -> Iterator[None]:
     """The study's look for the `with` block, as `sns.set_theme(style="whitegrid",
-    context="notebook")` would set it globally; rcParams are restored on exit."""
+    context="notebook")` would set it globally. Only the settings it makes are restored on
+    exit (not all rcParams, as `matplotlib.rc_context` does): the first figure of a Jupyter
+    kernel switches interactive mode on, and that must outlast the block, or the inline
+    backend stops showing figures."""
     rc = {**sns.plotting_context("notebook"),
           **sns.axes_style("whitegrid", rc={"font.family": "sans-serif"}),
           "axes.prop_cycle": mpl.cycler(color=sns.color_palette("deep"))}
-    with mpl.rc_context(rc):
+    saved = {key: mpl.rcParams[key] for key in rc}
+    mpl.rcParams.update(rc)
+    try:
         yield
+    finally:
+        mpl.rcParams.update(saved)
 
 
 class _InStyle:
