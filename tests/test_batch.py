@@ -1,6 +1,7 @@
 """The manifest: expansion, parameters against the notebooks, and every structural mistake
 reported at once, before anything runs (the executor itself: tests/test_dask_*.py)."""
 
+import ast
 import json
 
 import nbformat
@@ -8,12 +9,15 @@ import pytest
 import yaml
 from squeezestudy.batch import (
     MANIFEST,
+    REPO_ROOT,
+    SMOKE_ENV,
     ManifestError,
     Outcome,
     Run,
     check,
     expand,
     load_manifest,
+    notebook_parameters,
     summary_table,
 )
 from squeezestudy.cli import main
@@ -183,6 +187,54 @@ def test_the_real_manifest_checks():
     the same notebook or run directory."""
     profiles = check(load_manifest(MANIFEST))
     assert {"full", "smoke"} <= set(profiles)
+
+
+TRAINING_NOTEBOOK = REPO_ROOT / "notebooks" / "05_training.ipynb"
+
+
+def train_config_arguments(notebook) -> dict[str, str]:
+    """TrainConfig field -> the notebook parameter passed to it, read from the notebook's own
+    `train.TrainConfig(...)` call (notebook 05's second code cell)."""
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []):
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "TrainConfig":
+                assert not node.args and all(isinstance(k.value, ast.Name) for k in node.keywords)
+                return {k.arg: k.value.id for k in node.keywords}
+    raise AssertionError(f"{notebook} builds no train.TrainConfig(...)")
+
+
+def test_every_finished_run_has_a_manifest_entry_that_reproduces_it(monkeypatch):
+    """Each finished run committed under outputs/runs and outputs/recipes is the run directory of
+    some manifest entry whose parameters (notebook 05's defaults filled in) give the config the
+    run stored: the manifest can reproduce every committed run."""
+    from squeezestudy import rundir
+    from squeezestudy.train import TrainConfig
+
+    monkeypatch.delenv(SMOKE_ENV, raising=False)  # the full runs' directories, not the smoke ones
+    declared = notebook_parameters(TRAINING_NOTEBOOK)
+    defaults = {name: default for name, (_, default) in declared.items()}
+    arguments = train_config_arguments(TRAINING_NOTEBOOK)
+    configs: dict = {}  # run directory -> the configs of the entries that train into it
+    for runs in check(load_manifest(MANIFEST)).values():
+        for run in runs:
+            if run.notebook == TRAINING_NOTEBOOK and run.run_dir is not None:
+                values = defaults | run.parameters
+                config = TrainConfig(**{field: values[name] for field, name in arguments.items()})
+                configs.setdefault(run.run_dir, []).append((run.name, config))
+    unlisted = []
+    finished = [m.parent for d in ("runs", "recipes")
+                for m in sorted((REPO_ROOT / "outputs" / d).glob(f"*/{rundir.METRICS}"))]
+    assert len(finished) > 16
+    for run_dir in finished:
+        stored = rundir.read_metrics(run_dir / rundir.METRICS)["config"]
+        entries = configs.get(run_dir, [])
+        if not any(not config.differences(stored) for _, config in entries):
+            why = "; ".join(f"entry {name} differs in {', '.join(config.differences(stored))}"
+                            for name, config in entries) or "no entry trains into it"
+            unlisted.append(f"{run_dir.relative_to(REPO_ROOT)}: {why}")
+    assert not unlisted, "finished runs no manifest entry reproduces:\n  " + "\n  ".join(unlisted)
 
 
 def test_grid_expands_seed_major_and_keeps_value_types(tmp_path):

@@ -163,3 +163,14 @@ def test_fit_or_load_reads_back_or_starts_over(small_fashion_mnist, tmp_path, mo
                            dataset=small_fashion_mnist)
     assert other["config"]["lr"] == 1e-3
     assert calls == [True, True, False]  # the other config's checkpoint was refused, then a fresh run
+
+
+def test_misclassified_most_confident_first():
+    from squeezestudy import evaluate
+
+    pred, labels = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([0, 2, 2, 0, 1])
+    confidence = torch.tensor([0.9, 0.4, 0.8, 0.7, 0.95])
+    assert evaluate.misclassified(pred, labels).tolist() == [1, 3, 4]
+    assert evaluate.misclassified(pred, labels, confidence=confidence).tolist() == [4, 3, 1]
+    assert evaluate.misclassified(pred, labels, confidence=confidence, limit=2).tolist() == [4, 3]
+    assert evaluate.misclassified(labels, labels, confidence=confidence).tolist() == []

@@ -61,11 +61,11 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor,
     return cm.diag().float() / cm.sum(1).clamp(min=1).float()
 
 
-def misclassified(predictions: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None = None,
+def misclassified(predictions: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor | None = None,
                   limit: int | None = None) -> torch.Tensor:
-    """Indices of wrong predictions; with logits, the most confident mistakes first."""
+    """Indices of wrong predictions, in index order; with `confidence` (one value per image, e.g.
+    the predicted class's probability), the most confident mistakes first."""
     wrong = torch.nonzero(predictions != labels).flatten()
-    if logits is not None and len(wrong):
-        confidence = logits[wrong].softmax(1).max(1).values
-        wrong = wrong[confidence.argsort(descending=True)]
+    if confidence is not None:
+        wrong = wrong[confidence[wrong].argsort(descending=True)]
     return wrong[:limit] if limit is not None else wrong

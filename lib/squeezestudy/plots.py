@@ -1,10 +1,19 @@
-"""Seaborn figures for the notebooks: samples, curves, confusion matrices, comparisons."""
+"""Seaborn figures for the notebooks: samples, curves, confusion matrices, comparisons.
+
+Every figure is drawn in the study's style (seaborn's whitegrid style, notebook context and
+deep palette), applied only while it is drawn: importing this module changes no global setting.
+`style()` gives the same look to a figure of your own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import ParamSpec
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -14,7 +23,52 @@ import torch
 from . import fileio
 from .data import CLASSES
 
-sns.set_theme(style="whitegrid", context="notebook")
+P = ParamSpec("P")
+
+
+@contextmanager
+def style() -> Iterator[None]:
+    """The study's look for the `with` block, as `sns.set_theme(style="whitegrid",
+    context="notebook")` would set it globally. Only the settings it makes are restored on
+    exit (not all rcParams, as `matplotlib.rc_context` does): the first figure of a Jupyter
+    kernel switches interactive mode on, and that must outlast the block, or the inline
+    backend stops showing figures."""
+    rc = {**sns.plotting_context("notebook"),
+          **sns.axes_style("whitegrid", rc={"font.family": "sans-serif"}),
+          "axes.prop_cycle": mpl.cycler(color=sns.color_palette("deep"))}
+    saved = {key: mpl.rcParams[key] for key in rc}
+    mpl.rcParams.update(rc)
+    try:
+        yield
+    finally:
+        mpl.rcParams.update(saved)
+
+
+class _InStyle:
+    """`fig.<name>(...)` run inside `style()`; an object rather than a closure, so that the
+    figure still pickles."""
+
+    def __init__(self, fig: plt.Figure, name: str) -> None:
+        self.fig, self.name = fig, name
+
+    def __call__(self, *args, **kwargs):
+        with style():
+            return getattr(type(self.fig), self.name)(self.fig, *args, **kwargs)
+
+
+def styled(draw: Callable[P, plt.Figure]) -> Callable[P, plt.Figure]:
+    """Build (and save) the figure inside `style()`, and render it there later too: matplotlib
+    reads some settings only when a figure is rendered (the tick labels' size decides how many
+    ticks fit; the font list picks the font), so the figure's own `draw` and `get_tightbbox`
+    (a notebook's inline display, a later savefig) also run inside `style()`."""
+    @functools.wraps(draw)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> plt.Figure:
+        with style():
+            fig = draw(*args, **kwargs)
+        for name in ("draw", "get_tightbbox"):
+            setattr(fig, name, _InStyle(fig, name))
+        return fig
+    return wrapper
 
 
 def save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
@@ -26,6 +80,7 @@ def save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
     return fig
 
 
+@styled
 def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 10,
                size: float = 1.2, title_size: float = 10, path: str | Path | None = None) -> plt.Figure:
     """uint8 [N, 28, 28] images in a grid, optional title per image (room is left for
@@ -45,6 +100,7 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, ncols:
     return save(fig, path)
 
 
+@styled
 def samples_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int = 8,
                       path: str | Path | None = None) -> plt.Figure:
     """A grid with one row per class: the first `per_class` images of each."""
@@ -62,6 +118,7 @@ def samples_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int
     return save(fig, path)
 
 
+@styled
 def training_curves(history: pd.DataFrame, hue: str | None = None, title: str | None = None,
                     path: str | Path | None = None) -> plt.Figure:
     """Loss, train accuracy and test accuracy per epoch (the note's three panels).
@@ -82,6 +139,7 @@ def training_curves(history: pd.DataFrame, hue: str | None = None, title: str | 
     return save(fig, path)
 
 
+@styled
 def confusion_heatmap(cm: torch.Tensor, title: str = "", normalise: bool = True,
                       path: str | Path | None = None) -> plt.Figure:
     values = cm.float() / cm.sum(1, keepdim=True).clamp(min=1) if normalise else cm
@@ -96,6 +154,7 @@ def confusion_heatmap(cm: torch.Tensor, title: str = "", normalise: bool = True,
     return save(fig, path)
 
 
+@styled
 def accuracy_vs_params(table: pd.DataFrame, x: str = "params", y: str = "test_acc",
                        hue: str = "model", path: str | Path | None = None,
                        title: str = "test accuracy against parameters") -> plt.Figure:
@@ -112,19 +171,7 @@ def accuracy_vs_params(table: pd.DataFrame, x: str = "params", y: str = "test_ac
     return save(fig, path)
 
 
-def bar(table: pd.DataFrame, x: str, y: str, title: str = "", log: bool = False,
-        path: str | Path | None = None) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    sns.barplot(data=table, x=x, y=y, ax=ax)
-    if log:
-        ax.set_yscale("log")
-    for container in ax.containers:
-        ax.bar_label(container, fmt="%.3g", fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    return save(fig, path)
-
-
+@styled
 def pixel_histogram(images: torch.Tensor, labels: torch.Tensor,
                     path: str | Path | None = None) -> plt.Figure:
     """Per-class mean intensity distributions."""
@@ -138,6 +185,7 @@ def pixel_histogram(images: torch.Tensor, labels: torch.Tensor,
     return save(fig, path)
 
 
+@styled
 def design_sweeps(panels: Sequence[tuple[pd.DataFrame, str, str]], y: str = "test_acc",
                   path: str | Path | None = None) -> plt.Figure:
     """The paper's Figure 3 layout: per panel, accuracy against model size (MB, fp32), one
@@ -159,6 +207,7 @@ def design_sweeps(panels: Sequence[tuple[pd.DataFrame, str, str]], y: str = "tes
     return save(fig, path)
 
 
+@styled
 def train_test_gap(history: pd.DataFrame, hue: str, path: str | Path | None = None,
                    title: str | None = None) -> plt.Figure:
     """Per epoch: training accuracy (during the epoch) and test accuracy, one colour per `hue`
@@ -180,6 +229,7 @@ def train_test_gap(history: pd.DataFrame, hue: str, path: str | Path | None = No
     return save(fig, path)
 
 
+@styled
 def loss_curves(history: pd.DataFrame, hue: str, path: str | Path | None = None) -> plt.Figure:
     """Validation and test loss per epoch (mean over seeds, band: range): where accuracy stays
     flat, a rising loss shows a network growing over-confident on what it gets wrong."""

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from .alexnet import AlexNet, alexnet
-from .fire import Bypass, Fire
+from .fire import BYPASS_KINDS, Bypass, Fire, with_bypass
+from .head import SqueezeNetBase, classifier_head
 from .lenet import LeNet, lenet
 from .squeezenet import (
     SqueezeNet,
@@ -89,4 +90,5 @@ __all__ = [
     "Fire", "Bypass", "SqueezeNet", "SqueezeNetFashionMNIST", "LeNet", "AlexNet",
     "squeezenet1_0", "squeezenet1_1", "squeezenet_sketch", "squeezenet_fmnist", "lenet", "alexnet",
     "load_torchvision_weights", "SqueezeNetDesign", "squeezenet_design", "fire_sizes",
+    "SqueezeNetBase", "classifier_head", "with_bypass", "BYPASS_KINDS",
 ]  # fmt: skip

@@ -66,3 +66,19 @@ class Bypass(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fire(x) + self.shortcut(x)
+
+
+BYPASS_KINDS = ("none", "simple", "complex")
+
+
+def with_bypass(fire: Fire, bypass: str) -> nn.Module:
+    """Paper section 6, for a whole network's `bypass` setting: 'simple' puts an identity bypass
+    around every Fire whose channels are unchanged (fire3, 5, 7, 9 of v1.0); 'complex' adds
+    1x1-conv bypasses around the others too; 'none' returns the Fire module itself."""
+    if bypass not in BYPASS_KINDS:
+        raise ValueError(f"unknown bypass {bypass!r}; use one of {BYPASS_KINDS}")
+    if bypass == "none":
+        return fire
+    if fire.in_channels == fire.out_channels:
+        return Bypass(fire, "simple")
+    return Bypass(fire, "complex") if bypass == "complex" else fire

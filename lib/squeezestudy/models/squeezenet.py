@@ -9,8 +9,8 @@ Pooling uses ceil_mode, as Caffe and torchvision do, so that 111 -> 55 -> 27 -> 
 Where the note's Keras sketch differs: it uses 2x2 pooling and "same" padding
 in conv1; see notebook 03 for what that changes.
 
-Init as torchvision: Kaiming-uniform for every convolution, N(0, 0.01) for
-conv10, zero biases.
+The classifier head and the init (as torchvision: Kaiming-uniform for every
+convolution, N(0, 0.01) for conv10, zero biases) are SqueezeNetBase's (head.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .fire import Bypass, Fire
+from .fire import Fire, with_bypass
+from .head import SqueezeNetBase
 
 # (name, in, squeeze, expand1x1, expand3x3) per Fire module, and where pooling sits.
 FIRE_CONFIGS = {
@@ -38,20 +39,9 @@ FIRE_CONFIGS = {
     ],
 }  # fmt: skip
 CONV1 = {"1_0": (96, 7), "1_1": (64, 3)}
-BYPASS_KINDS = ("none", "simple", "complex")
 
 
-def _with_bypass(fire: Fire, bypass: str) -> nn.Module:
-    """Paper section 6: simple bypass around every Fire whose channels are unchanged
-    (fire3, 5, 7, 9); 'complex' adds 1x1-conv bypasses around the others too."""
-    if bypass == "none":
-        return fire
-    if fire.in_channels == fire.out_channels:
-        return Bypass(fire, "simple")
-    return Bypass(fire, "complex") if bypass == "complex" else fire
-
-
-class SqueezeNet(nn.Module):
+class SqueezeNet(SqueezeNetBase):
     def __init__(
         self,
         version: str = "1_0",
@@ -61,14 +51,10 @@ class SqueezeNet(nn.Module):
         dropout: float = 0.5,
         sketch: bool = False,
     ) -> None:
-        super().__init__()
         if version not in FIRE_CONFIGS:
             raise ValueError(f"unknown SqueezeNet version {version!r}; use '1_0' or '1_1'")
-        if bypass not in BYPASS_KINDS:
-            raise ValueError(f"unknown bypass {bypass!r}; use one of {BYPASS_KINDS}")
         if num_classes < 1 or in_channels < 1:
             raise ValueError("num_classes and in_channels must be positive")
-        self.version, self.bypass = version, bypass
         filters, kernel = CONV1[version]
 
         def pool() -> nn.MaxPool2d:
@@ -87,35 +73,9 @@ class SqueezeNet(nn.Module):
             if len(cfg) == 1:
                 layers.append((cfg[0], pool()))
             else:
-                layers.append((cfg[0], _with_bypass(Fire(*cfg[1:]), bypass)))
-        self.features = nn.Sequential(OrderedDict(layers))
-        self.classifier = classifier(512, num_classes, dropout)
-        init_squeezenet(self, self.classifier.conv10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.classifier(self.features(x)), 1)
-
-
-def classifier(in_channels: int, num_classes: int, dropout: float = 0.5) -> nn.Sequential:
-    """SqueezeNet's head, no fully connected layer: dropout, conv10 (1x1), ReLU, global average pooling."""
-    return nn.Sequential(OrderedDict([
-        ("dropout", nn.Dropout(p=dropout)),
-        ("conv10", nn.Conv2d(in_channels, num_classes, kernel_size=1)),
-        ("relu10", nn.ReLU(inplace=True)),
-        ("avgpool10", nn.AdaptiveAvgPool2d((1, 1))),
-    ]))  # fmt: skip
-
-
-def init_squeezenet(model: nn.Module, final_conv: nn.Conv2d) -> None:
-    """torchvision's init: Kaiming-uniform convolutions, N(0, 0.01) final conv, zero biases."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            if m is final_conv:
-                nn.init.normal_(m.weight, mean=0.0, std=0.01)
-            else:
-                nn.init.kaiming_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+                layers.append((cfg[0], with_bypass(Fire(*cfg[1:]), bypass)))
+        super().__init__(nn.Sequential(OrderedDict(layers)), 512, num_classes, dropout)
+        self.version, self.bypass = version, bypass
 
 
 def squeezenet1_0(**kwargs) -> SqueezeNet:

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
-from .fire import Fire
-from .squeezenet import BYPASS_KINDS, _with_bypass, classifier, init_squeezenet
+from .fire import Fire, with_bypass
+from .head import SqueezeNetBase
 
 # conv1 (kernel, stride, padding) and the Fire indices that a 3x3/2 max pool precedes
 STEMS = {
@@ -46,17 +45,12 @@ def fire_sizes(base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5, freq: 
     return sizes
 
 
-class SqueezeNetDesign(nn.Module):
+class SqueezeNetDesign(SqueezeNetBase):
     def __init__(self, base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5, freq: int = 2,
                  sr: float = 0.125, num_classes: int = 10, in_channels: int = 1, stem: str = "fmnist",
                  bypass: str = "none", dropout: float = 0.5, conv1_filters: int = 96) -> None:
-        super().__init__()
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; use one of {sorted(STEMS)}")
-        if bypass not in BYPASS_KINDS:
-            raise ValueError(f"unknown bypass {bypass!r}; use one of {BYPASS_KINDS}")
-        self.metaparameters = {"base_e": base_e, "incr_e": incr_e, "pct3x3": pct3x3,
-                               "freq": freq, "sr": sr}
         (kernel, stride, padding), pools = STEMS[stem]
         layers: list[tuple[str, nn.Module]] = [
             ("conv1", nn.Conv2d(in_channels, conv1_filters, kernel, stride=stride, padding=padding)),
@@ -66,14 +60,11 @@ class SqueezeNetDesign(nn.Module):
         for i, (s, e1, e3) in enumerate(fire_sizes(base_e, incr_e, pct3x3, freq, sr)):
             if i in pools:
                 layers.append((POOL_NAMES[i], nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)))
-            layers.append((f"fire{i + 2}", _with_bypass(Fire(channels, s, e1, e3), bypass)))
+            layers.append((f"fire{i + 2}", with_bypass(Fire(channels, s, e1, e3), bypass)))
             channels = e1 + e3
-        self.features = nn.Sequential(OrderedDict(layers))
-        self.classifier = classifier(channels, num_classes, dropout)
-        init_squeezenet(self, self.classifier.conv10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.classifier(self.features(x)), 1)
+        super().__init__(nn.Sequential(OrderedDict(layers)), channels, num_classes, dropout)
+        self.metaparameters = {"base_e": base_e, "incr_e": incr_e, "pct3x3": pct3x3,
+                               "freq": freq, "sr": sr}
 
 
 def squeezenet_design(**kwargs) -> SqueezeNetDesign:

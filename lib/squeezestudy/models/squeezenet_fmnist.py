@@ -12,28 +12,22 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
 from .fire import Fire
-from .squeezenet import classifier, init_squeezenet
+from .head import SqueezeNetBase
 
 
-class SqueezeNetFashionMNIST(nn.Module):
+class SqueezeNetFashionMNIST(SqueezeNetBase):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.5) -> None:
-        super().__init__()
-        self.features = nn.Sequential(OrderedDict([
+        features = nn.Sequential(OrderedDict([
             ("conv1", nn.Conv2d(in_channels, 96, kernel_size=7, stride=2)),
             ("relu1", nn.ReLU(inplace=True)),
             ("maxpool1", nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)),
             ("fire2", Fire(96, 16, 64, 64)),
             ("maxpool2", nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)),
         ]))
-        self.classifier = classifier(128, num_classes, dropout)
-        init_squeezenet(self, self.classifier.conv10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.classifier(self.features(x)), 1)
+        super().__init__(features, 128, num_classes, dropout)
 
 
 def squeezenet_fmnist(**kwargs) -> SqueezeNetFashionMNIST:
