@@ -3,10 +3,14 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Tests must not see this machine's tuning cache (squeezestudy tune): fit's defaults stay static.
+os.environ["SQUEEZESTUDY_TUNING"] = str(Path(tempfile.mkdtemp(prefix="squeezestudy-tests-")) / "tuning.json")
 
 SHARED_COPY = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 

@@ -33,6 +33,7 @@ from .device import bf16_supported, device_name, pick_device, synchronize
 from .models import spec
 from .paths import BENCHMARKS_DIR, ensure_writable_dir
 from .train import TrainConfig, build_model, make_optimizer, resolve_defaults, train_step
+from .tune import machine_key, read_cache
 
 DEFAULT_MODELS = ("squeezenet_fmnist", "lenet", "alexnet", "squeezenet1_0")
 # A model whose training step costs more than this runs a quarter of the timed steps on a CPU.
@@ -210,8 +211,9 @@ def project_throughput(model_name: str, dataset: fmnist.FashionMNIST, device: to
 def default_setting(model_name: str, device: torch.device) -> Setting:
     """What `fit` does by default on this device (see train.fit)."""
     batch_size = spec(model_name).batch_size
-    precision, channels_last, micro_batch = resolve_defaults(TrainConfig(model=model_name), device)
-    return Setting(precision, channels_last, batch_size, micro_batch, label="default")
+    choice = resolve_defaults(TrainConfig(model=model_name, batch_size=batch_size), device)
+    return Setting(choice.precision, choice.channels_last, batch_size, choice.micro_batch,
+                   threads=choice.threads, label="default")
 
 
 def settings_grid(model_name: str, device: torch.device, quick: bool, try_compile: bool) -> list[Setting]:
@@ -290,6 +292,22 @@ def run(models: list[str], steps: int, repeats: int, warmup: int, quick: bool, t
     return records, peaks
 
 
+def default_verdicts(records: list[Record]) -> list[dict]:
+    """Per model: the default setting against the fastest setting tried, batch-size rows
+    excluded (they change the recipe). The target: the default within 5% of the best."""
+    verdicts = []
+    for model in dict.fromkeys(r.model for r in records):
+        tried = [r for r in records if r.model == model and r.pipeline == "project"
+                 and not r.label.startswith("batch ")]
+        default = next(r for r in tried if r.label == "default")
+        best = max(tried, key=lambda r: r.images_per_s)
+        verdicts.append({"model": model, "default_images_per_s": default.images_per_s,
+                         "best": best.label, "best_images_per_s": best.images_per_s,
+                         "default_over_best": default.images_per_s / best.images_per_s,
+                         "within_5_percent": default.images_per_s >= 0.95 * best.images_per_s})
+    return verdicts
+
+
 def _line(r: Record) -> str:
     return (f"{r.model:18s} {r.pipeline:8s} {r.label:22s} {r.images_per_s:10,.0f} img/s  "
             f"x{r.ratio_vs_naive:5.2f}  {100 * r.fraction_of_peak:5.1f}% of peak")
@@ -305,6 +323,12 @@ def markdown(records: list[Record], meta: dict) -> str:
         lines.append(f"| {r.model} | {r.pipeline} | {r.label} | {r.precision} | "
                      f"{r.settings['batch_size']} | {r.images_per_s:,.0f} | {r.ratio_vs_naive:.2f} | "
                      f"{100 * r.fraction_of_peak:.1f} |")
+    lines += ["", "| model | default images/s | fastest setting tried | its images/s | default / fastest "
+              "| default within 5% |", "|---|---:|---|---:|---:|---|"]
+    for v in default_verdicts(records):
+        lines.append(f"| {v['model']} | {v['default_images_per_s']:,.0f} | {v['best']} | "
+                     f"{v['best_images_per_s']:,.0f} | {v['default_over_best']:.2f} | "
+                     f"{'yes' if v['within_5_percent'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -335,10 +359,12 @@ def main(args: argparse.Namespace) -> int:
     records, peaks = run(args.models, args.steps, args.repeats, args.warmup, args.quick,
                   not args.no_compile, args.device, args.data_dir, args.workers)
     meta = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-            "device_name": device_name(device),
+            "device_name": device_name(device), "machine": machine_key(device),
+            "tuned": bool(read_cache().get(machine_key(device))),
             "peak_gflops": {p: v / 1e9 for p, v in peaks.items()},
             "steps": args.steps, "repeats": args.repeats}
-    payload = {"meta": meta, "records": [r.__dict__ for r in records]}
+    payload = {"meta": meta, "records": [r.__dict__ for r in records],
+               "defaults": default_verdicts(records)}
     fileio.write_text(out / "throughput.json", json.dumps(payload, indent=2) + "\n")
     table = markdown(records, meta)
     fileio.write_text(out / "throughput.md", table)

@@ -1,4 +1,4 @@
-"""Command line: `squeezestudy data | train | batch | report | bench`."""
+"""Command line: `squeezestudy data | train | batch | report | tune | bench`."""
 
 from __future__ import annotations
 
@@ -142,6 +142,32 @@ def _cmd_report(args) -> int:
     return report_main(args.readme, check=args.check)
 
 
+def _cmd_tune(args) -> int:
+    from . import tune
+    from .data import load
+    from .device import pick_device
+
+    device = pick_device(args.device)
+    if args.show:
+        entries = tune.read_cache().get(tune.machine_key(device), {})
+        print(f"{tune.cache_path()}: {len(entries)} model(s) tuned on {tune.machine_key(device)}")
+    else:
+        if args.seconds <= 0:
+            raise UsageError(f"--seconds must be positive, got {args.seconds}")
+        for name in args.models:
+            from .models import spec
+
+            spec(name)  # an unknown name fails before any measuring
+        entries = tune.tune(args.models, device, load(args.data_dir), args.seconds)
+        print(f"\ncached in {display_path(tune.cache_path())}")
+    for key, entry in entries.items():
+        chosen, default = tune.Choice(**entry["choice"]), tune.Choice(**entry["default"])
+        gain = entry["images_per_s"] / entry["default_images_per_s"]
+        print(f"{key}: {chosen.label()} at {entry['images_per_s']:,.0f} img/s; the static default "
+              f"({default.label()}) {entry['default_images_per_s']:,.0f} img/s, x{gain:.2f}")
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .bench import main as bench_main
 
@@ -180,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="compare only; exit 1 if any table differs")
     p.add_argument("--readme", default=str(paths.README))
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("tune", help="measure this machine's fastest settings per model and cache "
+                                    "them: fit uses them for settings left to auto")
+    p.add_argument("--models", nargs="+", default=["squeezenet_fmnist", "lenet", "squeezenet_design",
+                                                   "alexnet"])
+    p.add_argument("--seconds", type=float, default=2.0, help="time per candidate setting")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir")
+    p.add_argument("--show", action="store_true", help="print this machine's cached choices only")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("bench", help="training throughput: naive pipeline vs this project's")
     from .bench import add_arguments

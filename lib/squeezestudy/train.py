@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__, fileio, paths, rundir
+from . import __version__, fileio, paths, rundir, tune
 from . import data as fmnist
 from .device import (
     PRECISIONS,
@@ -290,18 +290,17 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "python": platform.python_version()}
 
 
-def resolve_defaults(config: TrainConfig, device: torch.device) -> tuple[str, bool, int]:
-    """(precision, channels_last, micro_batch) that `fit` uses for `config` on `device`, from the
-    model's facts (ModelSpec); micro_batch 0 means whole batches."""
-    model = spec(config.model)
-    prefer_bf16 = device.type == "cuda" or model.bf16_on_cpu
-    precision = resolve_precision(config.precision, device, prefer_bf16=prefer_bf16)
-    # channels_last measured faster for every model (CPU fp32: 1.3-2x; CUDA bf16: 1.05-1.1x).
-    channels_last = config.channels_last if config.channels_last is not None else device.type != "mps"
-    micro_batch = config.micro_batch
-    if micro_batch is None:
-        micro_batch = model.cpu_micro_batch if device.type == "cpu" else 0
-    return precision, channels_last, micro_batch
+def resolve_defaults(config: TrainConfig, device: torch.device) -> tune.Choice:
+    """The settings `fit` uses for `config` on `device`: those the config sets; for those left to
+    auto, this machine's measured choice (`squeezestudy tune`), else the model's static defaults
+    (ModelSpec; channels_last was faster for every model measured: CPU fp32 1.3-2x, CUDA bf16
+    1.05-1.1x). micro_batch 0 means whole batches."""
+    auto = (tune.lookup(config.model, config.batch_size, config.resolved_image_size(), device)
+            or tune.static_choice(config.model, device))
+    precision = auto.precision if config.precision == "auto" else resolve_precision(config.precision, device)
+    channels_last = auto.channels_last if config.channels_last is None else config.channels_last
+    micro_batch = auto.micro_batch if config.micro_batch is None else config.micro_batch
+    return tune.Choice(precision, channels_last, micro_batch, auto.threads)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -420,7 +419,9 @@ def fit(
     start_epoch = state["epoch"] if state else 0
     stage = _Stage(start_epoch, "building the model", saved=start_epoch)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(resolve_defaults(config, device).threads)  # a tuned machine's choice
         run = _prepare(config, device, dataset, data_dir, stage)
         history = _restore(run, state, out_path / CHECKPOINT) if state is not None else []
         if out_path is not None:  # from here the directory holds a run in progress
@@ -436,6 +437,8 @@ def fit(
         return _finish(run, history, out_path)
     except KeyboardInterrupt:
         raise TrainingInterrupted(stage.interrupted(out_path, config.epochs)) from None
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -470,7 +473,8 @@ def _prepare(config: TrainConfig, device: torch.device, dataset: fmnist.FashionM
              data_dir, stage: _Stage) -> _Training:
     """Model, data batches, optimizer and schedule. The model first: a model_kwargs value its
     builder refuses fails before the data is loaded."""
-    precision, channels_last, micro_batch = resolve_defaults(config, device)
+    choice = resolve_defaults(config, device)
+    precision, channels_last, micro_batch = choice.precision, choice.channels_last, choice.micro_batch
     image_size = config.resolved_image_size()
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)

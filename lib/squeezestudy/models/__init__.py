@@ -39,15 +39,18 @@ class ModelSpec:
     # bf16 autocast on a CPU with native bf16: worth it for big matmuls only; the tiny models
     # are bound by memory and overhead there. (On CUDA every model uses bf16.)
     bf16_on_cpu: bool = False
+    # bf16 trained to within 0.3 points of fp32 (notebook 06's paired check): the tuning pass
+    # (squeezestudy tune) may only choose bf16 for these.
+    bf16_checked: bool = False
     sized_by_input: bool = False  # the builder takes image_size: its classifier depends on it
 
 
 REGISTRY: dict[str, ModelSpec] = {
     "squeezenet_fmnist": ModelSpec(squeezenet_fmnist, 28, 1, "the note's one-Fire SqueezeNet",
-                                   cpu_micro_batch=128),
-    "lenet": ModelSpec(lenet, 28, 1, "LeNet-5 without padding"),
+                                   cpu_micro_batch=128, bf16_checked=True),
+    "lenet": ModelSpec(lenet, 28, 1, "LeNet-5 without padding", bf16_checked=True),
     "alexnet": ModelSpec(alexnet, 112, 1, "d2l's one-channel AlexNet at 112x112", batch_size=128,
-                         bf16_on_cpu=True, sized_by_input=True),
+                         bf16_on_cpu=True, bf16_checked=True, sized_by_input=True),
     "squeezenet1_0": ModelSpec(squeezenet1_0, 224, 3, "SqueezeNet v1.0 (paper, Table 1)",
                                batch_size=32, cpu_micro_batch=16, bf16_on_cpu=True),
     "squeezenet1_1": ModelSpec(squeezenet1_1, 224, 3, "SqueezeNet v1.1", batch_size=32,

@@ -1,0 +1,186 @@
+"""Per-machine defaults chosen by measurement.
+
+`squeezestudy tune` times, for each model at its batch size, the settings `fit` may choose
+when they are left to auto (precision where the device runs bf16 natively, channels_last,
+micro-batch, threads), a couple of seconds each, by coordinate descent from the model's
+static defaults (ModelSpec). The fastest is cached per machine and model in
+~/.cache/squeezestudy/tuning.json (or $SQUEEZESTUDY_TUNING). The cache key says what the
+machine is: CPU model, instruction set, the threads torch may use, torch's version (or the GPU).
+`fit` then uses the cached choice for every setting a config leaves to auto; without an entry
+it uses the ModelSpec defaults. bf16 is only a candidate for a model whose bf16 accuracy was
+checked against fp32 (`ModelSpec.bf16_checked`, notebook 06: within 0.3 points).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import fileio
+from .device import bf16_supported
+from .models import spec
+
+CACHE_ENV = "SQUEEZESTUDY_TUNING"
+SETTINGS = ("precision", "channels_last", "micro_batch", "threads")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Settings that change speed, not the recipe (micro-batches accumulate to the same update)."""
+
+    precision: str
+    channels_last: bool
+    micro_batch: int  # 0: whole batches
+    threads: int  # torch's intra-op threads
+
+    def label(self) -> str:
+        return (f"{self.precision}, channels_last {'on' if self.channels_last else 'off'}, "
+                f"micro-batch {self.micro_batch or 'off'}, {self.threads} thread"
+                + ("s" if self.threads > 1 else ""))
+
+
+def cache_path() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "squeezestudy" / "tuning.json"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key(device: torch.device) -> str:
+    """What the machine is, as far as speed goes."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        what = f"cuda | {torch.cuda.get_device_name(device)} | sm {major}.{minor}"
+    elif device.type == "cpu":
+        isa = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
+        what = f"cpu | {cpu_model()} | {isa} | {torch.get_num_threads()} threads"
+    else:
+        what = f"{device.type} | {platform.machine()} | {platform.platform()}"
+    return f"{what} | torch {torch.__version__}"
+
+
+def model_key(model: str, batch_size: int, image_size: int) -> str:
+    return f"{model} | batch {batch_size} | {image_size}x{image_size}"
+
+
+def read_cache(path: Path | None = None) -> dict:
+    """The cache, or {} when there is none; a damaged cache is ignored (it is only a speed hint)."""
+    path = path or cache_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def lookup(model: str, batch_size: int, image_size: int, device: torch.device,
+           path: Path | None = None) -> Choice | None:
+    entry = read_cache(path).get(machine_key(device), {}).get(model_key(model, batch_size, image_size))
+    try:
+        return Choice(**{k: entry["choice"][k] for k in SETTINGS}) if entry else None
+    except (KeyError, TypeError):
+        return None
+
+
+def static_choice(model: str, device: torch.device) -> Choice:
+    """The ModelSpec defaults: what `fit` uses on a machine that was never tuned."""
+    from .device import resolve_precision
+
+    model_spec = spec(model)
+    precision = resolve_precision("auto", device,
+                                  prefer_bf16=device.type == "cuda" or model_spec.bf16_on_cpu)
+    return Choice(precision, device.type != "mps",
+                  model_spec.cpu_micro_batch if device.type == "cpu" else 0,
+                  torch.get_num_threads())
+
+
+def candidates_along(axis: str, current: Choice, model: str, device: torch.device,
+                     batch_size: int) -> list[Choice]:
+    """The values of one setting to try, the others held at `current`."""
+    if axis == "precision":
+        values = ["fp32"] + (["bf16"] if bf16_supported(device) and spec(model).bf16_checked else [])
+    elif axis == "channels_last":
+        values = [False] if device.type == "mps" else [True, False]
+    elif axis == "micro_batch":
+        values = [0] + ([m for m in (batch_size // 2, batch_size // 4) if m >= 8]
+                        if device.type == "cpu" else [])
+    else:
+        cores = torch.get_num_threads()
+        values = sorted({cores, max(1, cores // 2), 1}) if device.type == "cpu" else [cores]
+    return [dataclasses.replace(current, **{axis: v}) for v in values]
+
+
+def measure(model: str, choice: Choice, dataset, device: torch.device, batch_size: int,
+            seconds: float) -> float:
+    """Training images/s of one choice: warm-up, then three timed bursts of about seconds/3."""
+    from .bench import Setting, project_throughput
+
+    setting = Setting(choice.precision, choice.channels_last, batch_size, choice.micro_batch,
+                      threads=choice.threads)
+    probe = project_throughput(model, dataset, device, setting, warmup=2, steps=1, repeats=1)[0]
+    steps = max(1, round(seconds / 3 * probe / batch_size))
+    return statistics.median(project_throughput(model, dataset, device, setting, warmup=0,
+                                                steps=steps, repeats=3))
+
+
+def tune_model(model: str, dataset, device: torch.device, batch_size: int | None = None,
+               seconds: float = 2.0, echo=print) -> dict:
+    """Coordinate descent over SETTINGS from the static defaults; returns the cache entry:
+    the fastest choice and every measurement."""
+    batch_size = batch_size or spec(model).batch_size
+    current = static_choice(model, device)
+    timed: dict[Choice, float] = {}
+
+    def rate(choice: Choice) -> float:
+        if choice not in timed:
+            timed[choice] = measure(model, choice, dataset, device, batch_size, seconds)
+            echo(f"  {model:18s} {choice.label():58s} {timed[choice]:9,.0f} img/s")
+        return timed[choice]
+
+    default = current
+    for axis in SETTINGS:
+        current = max(candidates_along(axis, current, model, device, batch_size), key=rate)
+    return {"choice": dataclasses.asdict(current), "images_per_s": timed[current],
+            "default": dataclasses.asdict(default), "default_images_per_s": timed[default],
+            "measured": [{**dataclasses.asdict(c), "images_per_s": r} for c, r in timed.items()],
+            "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def tune(models: list[str], device: torch.device, dataset, seconds: float = 2.0,
+         path: Path | None = None, echo=print) -> dict:
+    """Tune each model and write the results into the cache (other machines' entries kept)."""
+    from .train import TrainConfig
+
+    path = path or cache_path()
+    key = machine_key(device)
+    echo(f"tuning on {key}")
+    results = {}
+    for model in models:
+        image_size = TrainConfig(model=model).resolved_image_size()
+        batch_size = spec(model).batch_size
+        results[model_key(model, batch_size, image_size)] = tune_model(model, dataset, device,
+                                                                       batch_size, seconds, echo)
+    cache = read_cache(path)
+    cache.setdefault(key, {}).update(results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fileio.write_text(path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    return results

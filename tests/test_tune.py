@@ -1,0 +1,131 @@
+"""The tuning pass: measured per-machine defaults, cached by what the machine is, used by fit for
+settings left to auto. Speeds are faked where the choice logic is tested: no timed assertions."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from squeezestudy import bench, train, tune
+from squeezestudy.train import TrainConfig
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    path = tmp_path / "tuning.json"
+    monkeypatch.setenv(tune.CACHE_ENV, str(path))
+    return path
+
+
+def write_entry(path, config, choice):
+    key = tune.model_key(config.model, config.batch_size, config.resolved_image_size())
+    path.write_text(json.dumps({tune.machine_key(CPU): {key: {"choice": dataclasses.asdict(choice)}}}))
+
+
+def test_untuned_machine_uses_the_model_defaults(cache):
+    assert not cache.exists()
+    choice = train.resolve_defaults(TrainConfig(model="squeezenet_fmnist"), CPU)
+    assert choice == tune.Choice("fp32", True, 128, torch.get_num_threads())
+    assert train.resolve_defaults(TrainConfig(model="lenet"), CPU).micro_batch == 0
+
+
+def test_tuned_choice_fills_only_what_the_config_leaves_to_auto(cache):
+    config = TrainConfig(model="lenet")
+    write_entry(cache, config, tune.Choice("fp32", False, 64, 1))
+    assert train.resolve_defaults(config, CPU) == tune.Choice("fp32", False, 64, 1)
+    explicit = dataclasses.replace(config, channels_last=True, micro_batch=0)
+    assert train.resolve_defaults(explicit, CPU) == tune.Choice("fp32", True, 0, 1)
+    # another batch size or another machine is not covered by the entry
+    assert train.resolve_defaults(dataclasses.replace(config, batch_size=128), CPU).micro_batch == 0
+    other = json.loads(cache.read_text())
+    cache.write_text(json.dumps({"cpu | another machine": next(iter(other.values()))}))
+    assert train.resolve_defaults(config, CPU).micro_batch == 0
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]",
+                                     '{"%s": {"lenet | batch 256 | 28x28": {"choice": {}}}}'])
+def test_damaged_cache_is_ignored(cache, content):
+    cache.write_text(content.replace("%s", tune.machine_key(CPU)))
+    assert train.resolve_defaults(TrainConfig(model="lenet"), CPU).micro_batch == 0
+
+
+def test_coordinate_descent_keeps_the_fastest_and_the_cache_keeps_other_machines(cache, monkeypatch):
+    speeds = {("fp32", True, 0): 100, ("fp32", False, 0): 80, ("fp32", True, 128): 130,
+              ("fp32", True, 64): 120}
+    threads = torch.get_num_threads()
+
+    def fake_measure(model, choice, dataset, device, batch_size, seconds):
+        rate = speeds[(choice.precision, choice.channels_last, choice.micro_batch)]
+        return rate + (5 if choice.threads == 1 else 0)  # one thread a little faster
+
+    monkeypatch.setattr(tune, "measure", fake_measure)
+    cache.write_text(json.dumps({"cpu | another machine": {"x": {"choice": {}}}}))
+    results = tune.tune(["lenet"], CPU, dataset=None, echo=lambda *a: None)
+    entry = results["lenet | batch 256 | 28x28"]
+    assert entry["choice"] == {"precision": "fp32", "channels_last": True, "micro_batch": 128, "threads": 1}
+    assert entry["default"]["threads"] == threads
+    assert entry["default_images_per_s"] == 100 + 5 * (threads == 1)
+    stored = json.loads(cache.read_text())
+    assert set(stored) == {"cpu | another machine", tune.machine_key(CPU)}
+    assert train.resolve_defaults(TrainConfig(model="lenet"), CPU).micro_batch == 128
+
+
+def test_bf16_is_a_candidate_only_where_native_and_checked(monkeypatch):
+    base = tune.Choice("fp32", True, 0, 2)
+
+    def precisions(model):
+        return [c.precision for c in tune.candidates_along("precision", base, model, CPU, 256)]
+
+    monkeypatch.setattr(tune, "bf16_supported", lambda device: False)
+    assert precisions("lenet") == ["fp32"]
+    monkeypatch.setattr(tune, "bf16_supported", lambda device: True)
+    assert precisions("lenet") == ["fp32", "bf16"]
+    assert precisions("squeezenet_design") == ["fp32"]
+
+
+def test_bf16_checked_models_passed_notebook_06s_check():
+    """The small models' bf16 allowance rests on outputs/recipes: paired seed-0 runs in bf16 and
+    fp32 whose mean difference is within 0.3 points."""
+    from squeezestudy.models import REGISTRY
+    from squeezestudy.paths import OUTPUTS
+    from squeezestudy.results import collect_runs
+
+    runs = collect_runs(OUTPUTS / "recipes")
+    for model in ("lenet", "squeezenet_fmnist"):
+        assert REGISTRY[model].bf16_checked
+        grid = runs[runs.run.str.startswith(f"{model}-g")]
+        grid = grid.assign(point=grid.run.str.rsplit("-", n=1).str[0])
+        pairs = grid.pivot(index="point", columns="precision", values="test_acc")
+        assert len(pairs) == 4 and abs(100 * (pairs.bf16 - pairs.fp32).mean()) <= 0.3
+
+
+def test_fit_applies_tuned_threads_and_restores_them(cache, small_fashion_mnist):
+    config = TrainConfig(model="lenet", epochs=1, train_subset=300, batch_size=100, device="cpu")
+    write_entry(cache, config, tune.Choice("fp32", True, 0, 1))
+    before = torch.get_num_threads()
+    result = train.fit(config, small_fashion_mnist, quiet=True)
+    assert "1 threads" in result.metrics["device_name"] and result.metrics["micro_batch"] == 0
+    assert torch.get_num_threads() == before
+
+
+def test_real_measurement_of_a_tiny_run(small_fashion_mnist, cache):
+    entry = tune.tune_model("lenet", small_fashion_mnist, CPU, batch_size=32, seconds=0.03,
+                            echo=lambda *a: None)
+    assert entry["images_per_s"] > 0 and len(entry["measured"]) >= 3
+    # each step keeps the fastest along one setting, the current one included: the end is the
+    # fastest of everything measured
+    assert entry["images_per_s"] == max(m["images_per_s"] for m in entry["measured"])
+
+
+def test_bench_reports_whether_the_default_is_within_5_percent():
+    def record(label, ips):
+        return bench.Record(model="lenet", pipeline="project", precision="fp32", settings={},
+                            images_per_s=ips, label=label)
+
+    records = [record("default", 96), record("channels_last off", 100), record("batch 512", 200)]
+    (verdict,) = bench.default_verdicts(records)
+    assert verdict["best"] == "channels_last off" and verdict["within_5_percent"]
+    (verdict,) = bench.default_verdicts([record("default", 90), *records[1:]])
+    assert not verdict["within_5_percent"]
