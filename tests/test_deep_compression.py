@@ -83,3 +83,29 @@ def test_a_damaged_file_is_named(tmp_path, damage):
         dc.load(path)
     with pytest.raises(dc.CompressedFileError, match="no such file"):
         dc.load(tmp_path / "missing.sqdc")
+
+
+def test_choose_takes_the_smallest_file_within_half_a_validation_point(tmp_path):
+    import json
+
+    import pandas as pd
+    from squeezestudy import deep_compression as dc
+
+    def record(density, bits, size, val):
+        name = f"m-s0-dc-d{density:g}-{bits}bit"
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "name": name, "density": density, "bits": bits, "file_bytes": size, "val_acc": val,
+            "uncompressed": {"val_acc": 0.90}}))
+
+    record(1.0, 6, 300, 0.899)
+    record(0.7, 6, 200, 0.896)  # -0.4 points: allowed, and smaller
+    record(0.5, 6, 150, 0.890)  # -1.0 point: not allowed
+    record(1.0, 8, 400, 0.901)
+    (tmp_path / "other-s0-dc-d1-6bit.json").write_text("{}")  # another model's record: not read
+    table = dc.records(tmp_path, "m-s0")
+    assert len(table) == 4
+    chosen = dc.choose(table)
+    assert chosen.loc[6, "name"] == "m-s0-dc-d0.7-6bit" and chosen.loc[8, "name"] == "m-s0-dc-d1-8bit"
+    assert isinstance(chosen, pd.DataFrame)
+    with pytest.raises(FileNotFoundError, match="run scripts/deep_compression_grid.sh"):
+        dc.records(tmp_path, "missing")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -317,3 +318,54 @@ def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: f
     log(f"{name}: {size:,} bytes, val {record['val_acc']:.4f} (was {before['val_acc']:.4f}), "
         f"test {record['test_acc']:.4f} (was {before['test_acc']:.4f})")
     return record
+
+
+MAX_VAL_DROP_POINTS = 0.5  # a recipe may cost at most this much validation accuracy
+
+
+def records(out_dir: str | Path, source: str) -> pd.DataFrame:
+    """The recipes tried on one model (`source`: the weights' stem, e.g. `headline-b96-s0`), one
+    row each, with the file size in KB and the validation change in points."""
+    found = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob(f"{source}-dc-*.json"))]
+    if not found:
+        raise FileNotFoundError(f"no Deep Compression record of {source} in {out_dir}; run "
+                                "scripts/deep_compression_grid.sh first")
+    table = pd.DataFrame(found)
+    table["file_KB"] = table.file_bytes / 1000
+    table["val_change"] = 100 * (table.val_acc - table.uncompressed.map(lambda u: u["val_acc"]))
+    return table
+
+
+def choose(table: pd.DataFrame, max_drop: float = MAX_VAL_DROP_POINTS) -> pd.DataFrame:
+    """Per bit width, the smallest file whose validation accuracy is at most `max_drop` points
+    below the uncompressed model's (the rule is fixed before the test set is looked at)."""
+    allowed = table[table.val_change >= -max_drop]
+    return allowed.loc[allowed.groupby("bits").file_bytes.idxmin()].set_index("bits")
+
+
+def table2(label: str, fp32: nn.Module, fp32_bytes: int, chosen: pd.DataFrame, out_dir: str | Path,
+           test: Batches, calibration: Batches, alexnet_bytes: int, alexnet_acc: float) -> pd.DataFrame:
+    """The paper's Table 2 at this scale for one model: AlexNet-112's fp32 file, the model's fp32
+    file, its int8 post-training quantization, and each chosen Deep Compression file read back
+    from disk; sizes in bytes, the ratio to AlexNet's file, test accuracy and its change."""
+    import tempfile
+
+    from .compress import quantize_int8, save_weights
+    from .evaluate import evaluate
+
+    fp32.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        int8 = quantize_int8(fp32, calibration)
+        int8_bytes = save_weights(int8, Path(tmp) / "int8.pt")
+    rows = [("AlexNet-112", "none (fp32)", alexnet_bytes, alexnet_acc),
+            (label, "none (fp32)", fp32_bytes, evaluate(fp32, test)[1]),
+            (label, "int8 (post-training)", int8_bytes, evaluate(int8, test)[1])]
+    for bits, row in chosen.iterrows():
+        path = Path(out_dir) / f"{row['name']}.sqdc"
+        rows.append((label, f"Deep Compression, {bits}-bit, {row.density:.0%} kept", path.stat().st_size,
+                     evaluate(load(path), test)[1]))
+    table = pd.DataFrame(rows, columns=["model", "compression", "file_bytes", "test_acc"])
+    table["x_smaller_than_alexnet"] = (alexnet_bytes / table.file_bytes).round(1)
+    table["change_points"] = (100 * (table.test_acc - table.test_acc.iloc[1])).round(2)
+    table.loc[0, "change_points"] = float("nan")
+    return table

@@ -242,3 +242,38 @@ def loss_curves(history: pd.DataFrame, hue: str, path: str | Path | None = None)
     sns.move_legend(axes[-1], "upper right", title=None)
     fig.tight_layout()
     return save(fig, path)
+
+
+@styled
+def headline(points: pd.DataFrame, files: pd.DataFrame, alexnet: tuple[float, float],
+             budget: int, size_limit: int, target: float,
+             path: str | Path | None = None) -> plt.Figure:
+    """The paper's headline at this scale: every setting's test accuracy (mean, bar: std over
+    seeds) against parameters (left) and against file size (right: fp32 weights, and the
+    compressed files), AlexNet-112's band (mean ± std), the accuracy target, the 1/50 parameter
+    budget and the 0.5 MB line."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    mean, std = alexnet
+    families = list(dict.fromkeys(points.family))
+    palette = dict(zip(families, sns.color_palette("deep", len(families)), strict=True))
+    for ax, x, limit, label in ((axes[0], "params", budget, f"1/50 of AlexNet-112 ({budget:,})"),
+                                (axes[1], "fp32_bytes", size_limit, f"{size_limit / 1e6:g} MB")):
+        ax.axhspan(mean - std, mean + std, color="0.85", zorder=0, label="AlexNet-112, mean ± std")
+        ax.axhline(target, color="0.3", ls="--", lw=1, label=f"target {target:.1%}")
+        ax.axvline(limit, color="firebrick", ls=":", lw=1.5, label=label)
+        for name, group in points.groupby("family", sort=False):
+            ax.errorbar(group[x], group.test_acc_mean, yerr=group.test_acc_std.fillna(0), fmt="o",
+                        ms=5, capsize=2, color=palette[name], label=name)
+        ax.set_xscale("log")
+    if not files.empty:
+        axes[1].scatter(files.file_bytes, files.test_acc, marker="D", s=45, color="black",
+                        label="compressed files (one seed)", zorder=3)
+        for _, row in files.iterrows():
+            axes[1].annotate(row.label, (row.file_bytes, row.test_acc), textcoords="offset points",
+                             xytext=(5, -10), fontsize=8)
+    axes[0].set(xlabel="parameters", ylabel="test accuracy", title="accuracy against parameters")
+    axes[1].set(xlabel="file bytes (fp32 weights; compressed files as saved)",
+                title="accuracy against file size")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return save(fig, path)

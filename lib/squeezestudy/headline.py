@@ -1,0 +1,88 @@
+"""The paper's headline at Fashion-MNIST scale (notebook 12): AlexNet-level accuracy with 50x
+fewer parameters, and a Deep-Compressed file under 0.5 MB. The targets, every setting of the
+study as one point (parameters, fp32 file size, test accuracy over seeds), and the verdicts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from . import stats
+from .results import collect_runs, select
+
+PARAMETER_RATIO = 50  # the paper: AlexNet-level accuracy with 50x fewer parameters
+SIZE_LIMIT_BYTES = 500_000  # the paper's title: < 0.5 MB
+FILE_RATIO = 500  # the issue's Deep Compression goal: >= 500x smaller than AlexNet's fp32 file
+TARGET_ACC = 0.930  # AlexNet-112's level (its mean of 93.56% less its seed spread, rounded down)
+ALEXNET_RUNS = r"alexnet-s\d+"
+HEADLINE_RUNS = r"headline-.*-s\d+"
+BYTES_PER_PARAMETER = 4  # fp32
+
+# Families of the study's run names, for the figure's legend (first match wins).
+FAMILIES = (
+    (r"headline-", "headline search"),
+    (r"(squeezenet_fmnist|lenet|alexnet)$", "the note's models"),
+    (r"design-", "design-space sweeps"),
+    (r"depth-", "depth"),
+    (r"bypass-", "bypass"),
+)
+
+
+def setting_name(run: str) -> str:
+    """A run's setting: its name without the seed suffix."""
+    return re.sub(r"-s\d+$", "", run)
+
+
+def family(setting: str) -> str:
+    return next((label for pattern, label in FAMILIES if re.match(pattern, setting)), "other")
+
+
+def parameter_budget(alexnet_params: int) -> int:
+    return alexnet_params // PARAMETER_RATIO
+
+
+def study_points(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting of the study: parameters, fp32 weight bytes (4 a parameter), seeds,
+    test accuracy mean and sample std, validation mean; in the study's order."""
+    runs = runs.assign(setting=runs.run.map(setting_name))
+    test = stats.aggregate(runs, "setting")
+    grouped = runs.groupby("setting", sort=False)
+    table = pd.DataFrame({
+        "family": [family(s) for s in test.index],
+        "params": grouped.params.first(),
+        "fp32_bytes": grouped.params.first() * BYTES_PER_PARAMETER,
+        "seeds": test["n"], "test_acc_mean": test["mean"], "test_acc_std": test["std"],
+        "val_acc_mean": stats.aggregate(runs, "setting", "val_acc")["mean"],
+    })
+    table.index.name = "setting"
+    return table
+
+
+def seeds(pattern: str, runs: pd.DataFrame | None = None, runs_dir: str | Path | None = None) -> pd.DataFrame:
+    """The finished runs matching `pattern`, one row each (run, seed, params, val and test accuracy)."""
+    runs = runs if runs is not None else (collect_runs(runs_dir) if runs_dir else collect_runs())
+    chosen = select(runs, pattern)
+    if chosen.empty:
+        raise FileNotFoundError(f"no finished run matches {pattern!r}; train it first: "
+                                "squeezestudy batch --profile headline")
+    return chosen[["run", "seed", "params", "val_acc", "test_acc", "train_acc", "train_time_s",
+                   "device_name"]].reset_index(drop=True)
+
+
+def verdicts(headline: pd.DataFrame, alexnet: pd.DataFrame, budget: int) -> list[str]:
+    """The headline's claims, each no stronger than its evidence."""
+    params = int(headline.params.iloc[0])
+    mean = headline.test_acc.mean()
+    lines = [f"parameters: {params:,} of a budget of {budget:,} (1/{PARAMETER_RATIO} of AlexNet-112): "
+             f"{'within' if params <= budget else 'over'} it, {alexnet.params.iloc[0] / params:.1f}x fewer "
+             "than AlexNet-112",
+             f"test accuracy: {stats.mean_std(headline.test_acc)}% (n = {len(headline)}) against the "
+             f"target {TARGET_ACC:.1%}: mean {'reached' if mean >= TARGET_ACC else 'not reached'}"
+             + ("" if len(headline) >= 3 else f" (only {len(headline)} seed(s) of 3)")]
+    if len(headline) > 1:  # how sure: the interval of (mean - target)
+        lines.append(stats.paired(headline.test_acc - TARGET_ACC, f"headline − {TARGET_ACC:.1%}").verdict())
+    lines.append(stats.welch(headline.test_acc, alexnet.test_acc, "headline SqueezeNet",
+                             "AlexNet-112").verdict())
+    return lines

@@ -1,0 +1,58 @@
+"""The headline's targets, study points and verdicts, on fake runs."""
+
+import json
+
+from squeezestudy import headline, train
+from squeezestudy.results import collect_runs
+
+
+def fake_run(runs_dir, name, model, test_acc, seed, params, **model_kwargs):
+    config = train.TrainConfig(model=model, model_kwargs=model_kwargs, seed=seed)
+    metrics = {"model": model, "seed": seed, "precision": "fp32", "device": "cpu",
+               "device_name": "cpu (x86_64, 1 threads, AVX2)", "epochs": 30, "params": params,
+               "test_acc": test_acc, "val_acc": test_acc - 0.005, "train_acc": 0.95, "train_time_s": 60.0,
+               "images_per_s": 1.0, "config": config.to_dict()}
+    (runs_dir / name).mkdir(parents=True)
+    (runs_dir / name / "metrics.json").write_text(json.dumps(metrics))
+
+
+def make_runs(tmp_path, headline_accs):
+    runs = tmp_path / "runs"
+    for seed, acc in enumerate((0.9359, 0.9352)):
+        fake_run(runs, f"alexnet-s{seed}", "alexnet", acc, seed, 24_744_650)
+    for seed, acc in enumerate(headline_accs):
+        fake_run(runs, f"headline-b96-s{seed}", "squeezenet_design", acc, seed, 411_322, bypass="simple")
+    for seed, acc in enumerate((0.909, 0.913, 0.907)):
+        fake_run(runs, f"squeezenet_fmnist-s{seed}", "squeezenet_fmnist", acc, seed, 18_010)
+    return collect_runs(runs)
+
+
+def test_budget_is_a_fiftieth_of_alexnet():
+    assert headline.parameter_budget(24_744_650) == 494_893
+
+
+def test_points_one_row_per_setting_in_study_order(tmp_path):
+    points = headline.study_points(make_runs(tmp_path, (0.925, 0.927, 0.926)))
+    assert list(points.index) == ["alexnet", "headline-b96", "squeezenet_fmnist"]
+    assert points.loc["headline-b96", "family"] == "headline search"
+    assert points.loc["alexnet", "fp32_bytes"] == 4 * 24_744_650
+    assert points.loc["headline-b96", "seeds"] == 3
+    assert abs(points.loc["headline-b96", "test_acc_mean"] - 0.926) < 1e-9
+
+
+def test_verdicts_follow_the_evidence(tmp_path):
+    runs = make_runs(tmp_path, (0.925, 0.927, 0.926))
+    lines = headline.verdicts(headline.seeds(r"headline-b96-s\d+", runs),
+                              headline.seeds(headline.ALEXNET_RUNS, runs), 494_893)
+    assert lines[0].startswith("parameters: 411,322 of a budget of 494,893") and "within it" in lines[0]
+    assert "target 93.0%: mean not reached" in lines[1]
+    assert "distinguishable from zero" in lines[2] and lines[2].startswith("headline − 93.0%")
+    assert "lower than AlexNet-112" in lines[3]
+
+
+def test_one_seed_says_so(tmp_path):
+    runs = make_runs(tmp_path, (0.931,))
+    lines = headline.verdicts(headline.seeds(r"headline-b96-s\d+", runs),
+                              headline.seeds(headline.ALEXNET_RUNS, runs), 494_893)
+    assert "mean reached (only 1 seed(s) of 3)" in lines[1]
+    assert "untested" in lines[2]
