@@ -55,3 +55,18 @@ def test_export_without_checkpoint_is_a_clear_error(tmp_path):
         weights.export("nothing", runs_dir=tmp_path, weights_dir=tmp_path)
     assert weights.main(["export", "nothing-here-s0"]) == 1
     assert weights.main([]) == 2
+
+
+def test_a_finished_study_run_exports_its_weights(tmp_path, small_fashion_mnist, monkeypatch):
+    from squeezestudy import paths, train
+
+    runs, weights_dir = tmp_path / "runs", tmp_path / "weights"
+    monkeypatch.setattr(train, "RUNS_DIR", runs)
+    monkeypatch.setattr(paths, "WEIGHTS_DIR", weights_dir)
+    config = train.TrainConfig(model="lenet", epochs=1, train_subset=300, batch_size=100, device="cpu")
+    train.fit_or_load(config, runs / "lenet-s0", quiet=True, dataset=small_fashion_mnist)
+    exported = torch.load(weights_dir / "lenet-s0.pt")
+    model, _ = train.load_trained_model(runs / "lenet-s0")
+    assert all(torch.equal(exported[k], v) for k, v in model.state_dict().items())
+    train.fit_or_load(config, tmp_path / "elsewhere" / "lenet-s1", quiet=True, dataset=small_fashion_mnist)
+    assert not (weights_dir / "lenet-s1.pt").exists()  # only runs of the study's runs directory

@@ -687,4 +687,20 @@ def fit_or_load(config: TrainConfig, out_dir: str | Path, force: bool = False, q
         result = fit(config, dataset, out_dir=out_dir, resume=not force, force=force, quiet=quiet)
     except ConfigMismatchError:  # an interrupted run of another config: nothing finished is lost
         result = fit(config, dataset, out_dir=out_dir, resume=False, force=True, quiet=quiet)
+    _export_weights(out_dir, result.metrics, quiet)
     return result.metrics, result.history
+
+
+EXPORT_MAX_BYTES = 8 * 2**20  # final weights up to this size are kept for readers (not AlexNet's)
+
+
+def _export_weights(out_dir: Path, metrics: dict, quiet: bool) -> None:
+    """A study run (under outputs/runs) small enough to commit gets its final weights in
+    outputs/weights/<run>.pt, so that a reader can load it without training (weights.load_model)."""
+    if out_dir.resolve().parent != RUNS_DIR.resolve() or 4 * metrics["params"] > EXPORT_MAX_BYTES:
+        return
+    from . import weights
+
+    written = weights.export(out_dir.name, runs_dir=out_dir.parent, weights_dir=paths.WEIGHTS_DIR)
+    if not quiet:
+        print(f"final weights: {paths.display_path(written)}")
