@@ -9,7 +9,7 @@ JOBS ?= 1
 NBVAL := --nbval-lax --nbval-sanitize-with .nbval-sanitize.cfg
 KERNEL_SPEC := $(VENV)/share/jupyter/kernels/python3/.squeezestudy
 
-.PHONY: study test lint smoke bench env lab kernel constraints
+.PHONY: study test lint smoke bench tune env lab kernel constraints
 
 env: $(VENV)/.installed
 
@@ -18,9 +18,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -c constraints.txt -e ".[dev]"
 	touch $@
 
-# Checks the data (downloading it if needed), then runs the notebooks of the profile.
+# Checks the data (downloading it if needed), measures this machine's fastest settings once
+# (cached; see `make tune`), then runs the notebooks of the profile.
 study: env
 	$(PY) -m squeezestudy.cli data
+	$(PY) -m squeezestudy.cli tune --if-untuned
 	$(PY) -m squeezestudy.cli batch --profile $(PROFILE) --jobs $(JOBS)
 
 lint: env
@@ -54,3 +56,7 @@ smoke: env
 
 bench: env
 	$(PY) -m squeezestudy.cli bench
+
+# Measure this machine's fastest settings per model (fit uses them for settings left to auto).
+tune: env
+	$(PY) -m squeezestudy.cli tune

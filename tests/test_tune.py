@@ -129,3 +129,25 @@ def test_bench_reports_whether_the_default_is_within_5_percent():
     assert verdict["best"] == "channels_last off" and verdict["within_5_percent"]
     (verdict,) = bench.default_verdicts([record("default", 90), *records[1:]])
     assert not verdict["within_5_percent"]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--models", "vgg"], "unknown model 'vgg'; known models"),
+    (["--seconds", "0"], "--seconds must be positive"),
+])
+def test_tune_usage_errors_measure_nothing(argv, expected, cache, capsys, monkeypatch):
+    from squeezestudy import cli
+
+    monkeypatch.setattr(tune, "tune", lambda *a, **k: pytest.fail("measured despite a usage error"))
+    monkeypatch.setattr("squeezestudy.data.load", lambda *a, **k: None)
+    assert cli.main(["tune", *argv]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_tune_if_untuned_skips_a_tuned_machine(cache, capsys, monkeypatch):
+    from squeezestudy import cli
+
+    write_entry(cache, TrainConfig(model="lenet"), tune.Choice("fp32", True, 0, 1))
+    monkeypatch.setattr(tune, "tune", lambda *a, **k: pytest.fail("retuned a tuned machine"))
+    assert cli.main(["tune", "--if-untuned", "--models", "lenet"]) == 0
+    assert "tuned already" in capsys.readouterr().out

@@ -148,6 +148,10 @@ def _cmd_tune(args) -> int:
     from .device import pick_device
 
     device = pick_device(args.device)
+    tuned = tune.read_cache().get(tune.machine_key(device), {})
+    if args.if_untuned and all(any(key.startswith(f"{m} |") for key in tuned) for m in args.models):
+        print(f"this machine is tuned already ({tune.machine_key(device)}); `squeezestudy tune` retunes")
+        return 0
     if args.show:
         entries = tune.read_cache().get(tune.machine_key(device), {})
         print(f"{tune.cache_path()}: {len(entries)} model(s) tuned on {tune.machine_key(device)}")
@@ -215,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir")
     p.add_argument("--show", action="store_true", help="print this machine's cached choices only")
+    p.add_argument("--if-untuned", action="store_true", help="do nothing if every model is tuned here")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("bench", help="training throughput: naive pipeline vs this project's")
