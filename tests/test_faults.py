@@ -554,7 +554,7 @@ def test_train_with_a_missing_data_dir(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--models", "vgg"], "unknown model .vgg.; known models"),
+    (["--models", "vgg"], "unknown model 'vgg'; known models"),
     (["--steps", "0"], "--steps and --repeats must be >= 1"),
     (["--workers", "-1"], "--workers >= 0"),
     (["--device", "tpu"], "unknown device 'tpu'"),
