@@ -269,4 +269,5 @@ def test_summary_counts_interrupted_and_cancelled_runs(tmp_path):
     table = summary_table([outcome("a", "ok", 60, note="retried: its first worker died"),
                            outcome("b", "interrupted", 30), outcome("c", "cancelled")])
     assert "retried: its first worker died" in table
-    assert table.splitlines()[-1] == "1 ok, 0 skipped, 0 failed, 1 interrupted, 1 cancelled; 1.5 min"
+    assert table.splitlines()[-1] == ("1 ok, 0 skipped, 0 failed, 1 interrupted, 1 cancelled; "
+                                      "1.5 min of run time")

@@ -385,5 +385,5 @@ def summary_table(outcomes: list[Outcome]) -> str:
               for s in ("ok", "skipped", "failed", "interrupted", "cancelled")}
     shown = {s: n for s, n in counts.items() if n or s in ("ok", "skipped", "failed")}
     lines.append(", ".join(f"{n} {s}" for s, n in shown.items())
-                 + f"; {sum(o.seconds for o in outcomes) / 60:.1f} min")
+                 + f"; {sum(o.seconds for o in outcomes) / 60:.1f} min of run time")
     return "\n".join(lines)
