@@ -164,6 +164,11 @@ def _cmd_tune(args) -> int:
             spec(name)  # an unknown name fails before any measuring
         entries = tune.tune(args.models, device, load(args.data_dir), args.seconds)
         print(f"\ncached in {display_path(tune.cache_path())}")
+    if args.record:
+        from . import fileio
+
+        fileio.write_text(Path(args.record), json.dumps(
+            {"machine": tune.machine_key(device), "entries": entries}, indent=1, sort_keys=True) + "\n")
     for key, entry in entries.items():
         chosen, default = tune.Choice(**entry["choice"]), tune.Choice(**entry["default"])
         gain = entry["images_per_s"] / entry["default_images_per_s"]
@@ -220,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--show", action="store_true", help="print this machine's cached choices only")
     p.add_argument("--if-untuned", action="store_true", help="do nothing if every model is tuned here")
+    p.add_argument("--record", help="also write this machine's results to this JSON file "
+                                    "(the README's tuning table reads outputs/benchmarks/tuning.json)")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("bench", help="training throughput: naive pipeline vs this project's")

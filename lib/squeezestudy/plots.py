@@ -266,14 +266,12 @@ def headline(points: pd.DataFrame, files: pd.DataFrame, alexnet: tuple[float, fl
                         ms=5, capsize=2, color=palette[name], label=name)
         ax.set_xscale("log")
     if not files.empty:
-        axes[1].scatter(files.file_bytes, files.test_acc, marker="D", s=45, color="black",
-                        label="compressed files (one seed)", zorder=3)
-        for _, row in files.iterrows():
-            axes[1].annotate(row.label, (row.file_bytes, row.test_acc), textcoords="offset points",
-                             xytext=(5, -10), fontsize=8)
+        axes[1].scatter(files.file_bytes, files.test_acc, marker="D", s=40, color="black",
+                        label="int8 and Deep Compression files (one seed)", zorder=3)
     axes[0].set(xlabel="parameters", ylabel="test accuracy", title="accuracy against parameters")
     axes[1].set(xlabel="file bytes (fp32 weights; compressed files as saved)",
                 title="accuracy against file size")
-    axes[1].legend(fontsize=8, loc="lower right")
+    for ax in axes:
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return save(fig, path)

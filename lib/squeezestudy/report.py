@@ -138,6 +138,9 @@ COMPARISONS = [
     ("8 Fires", r"depth-fire8-s\d+", "1 Fire", r"squeezenet_fmnist-s\d+"),
     ("1 Fire, augmented", r"depth-fire1-aug-s\d+", "1 Fire", r"squeezenet_fmnist-s\d+"),
     ("8 Fires, augmented", r"depth-fire8-aug-s\d+", "8 Fires", r"depth-fire8-s\d+"),
+    ("headline SqueezeNet", r"headline-b96-s\d+", "AlexNet-112", r"alexnet-s\d+"),
+    ("headline SqueezeNet", r"headline-b96-s\d+", "one-Fire SqueezeNet", r"squeezenet_fmnist-s\d+"),
+    ("headline SqueezeNet", r"headline-b96-s\d+", "LeNet", r"lenet-s\d+"),
 ]
 
 
@@ -161,14 +164,16 @@ def comparison_table(runs: pd.DataFrame, pairs: list[tuple[str, str, str, str]] 
 
 
 DEEP_COMPRESSION_TABLE = OUTPUTS / "deep_compression" / "table2.csv"
+HEADLINE_COMPRESSION_TABLE = OUTPUTS / "deep_compression" / "table2_headline.csv"
 
 
-def deep_compression_table(runs: pd.DataFrame) -> str:
-    """The paper's Table 2 at this scale, as notebook 11 measured it (file sizes on disk, test
-    accuracy of the models read back from the files)."""
-    if not DEEP_COMPRESSION_TABLE.is_file():
-        raise ReportError(f"{DEEP_COMPRESSION_TABLE} is missing; execute notebooks/11_deep_compression.ipynb")
-    t = pd.read_csv(DEEP_COMPRESSION_TABLE)
+def deep_compression_table(runs: pd.DataFrame, table: Path = DEEP_COMPRESSION_TABLE,
+                           notebook: str = "11_deep_compression") -> str:
+    """The paper's Table 2 at this scale, as notebook 11 (or 12) measured it (file sizes on disk,
+    test accuracy of the models read back from the files)."""
+    if not table.is_file():
+        raise ReportError(f"{table} is missing; execute notebooks/{notebook}.ipynb")
+    t = pd.read_csv(table)
     rows = [{"model": r.model, "compression": r.compression, "file size": f"{r.file_bytes / 1e3:,.1f} KB",
              "x smaller than AlexNet-112 (fp32)": f"{r.x_smaller_than_alexnet:,.0f}x",
              "test accuracy": (stats.mean_std(_runs(r"alexnet-s\d+", runs).test_acc) + " (seeds)"
@@ -178,9 +183,62 @@ def deep_compression_table(runs: pd.DataFrame) -> str:
     return _markdown(pd.DataFrame(rows), "llrrrr")
 
 
+def headline_compression_table(runs: pd.DataFrame) -> str:
+    return deep_compression_table(runs, HEADLINE_COMPRESSION_TABLE, "12_headline")
+
+
+def headline_table(runs: pd.DataFrame) -> str:
+    """The headline SqueezeNet against AlexNet-112 and the targets, with the study's nearest models."""
+    from . import headline
+
+    alexnet = _runs(headline.ALEXNET_RUNS, runs)
+    budget = headline.parameter_budget(int(alexnet.params.iloc[0]))
+    rows = []
+    for label, pattern in (("headline SqueezeNet (8 Fires, 96-wide, simple bypass)", r"headline-b96-s\d+"),
+                           ("AlexNet-112", headline.ALEXNET_RUNS),
+                           ("eight-Fire SqueezeNet at v1.0's widths (notebook 09)", r"depth-fire8-s\d+"),
+                           ("one-Fire SqueezeNet (the note)", r"squeezenet_fmnist-s\d+")):
+        group = _runs(pattern, runs)
+        params = int(group.params.iloc[0])
+        mean = group.test_acc.mean()
+        rows.append({"model": label, "parameters": f"{params:,}",
+                     "within 1/50 of AlexNet-112": "yes" if params <= budget else "no",
+                     "seeds": len(group), "test accuracy": f"**{stats.mean_std(group.test_acc)}**",
+                     f"mean ≥ {100 * headline.TARGET_ACC:.1f}%": "yes" if mean >= headline.TARGET_ACC
+                     else "no",
+                     "trained on": _trained_on(group)})
+    return _markdown(pd.DataFrame(rows), "lrlrrll")
+
+
+TUNING_RECORD = OUTPUTS / "benchmarks" / "tuning.json"
+
+
+def tuning_table(runs: pd.DataFrame) -> str:
+    """`squeezestudy tune --record` on the study's machine: per model, the static default against
+    the fastest setting the tuning pass found, and whether the default is within 5% of it."""
+    import json
+
+    from .tune import Choice
+
+    if not TUNING_RECORD.is_file():
+        raise ReportError(f"{TUNING_RECORD} is missing; run `squeezestudy tune --record {TUNING_RECORD}`")
+    record = json.loads(TUNING_RECORD.read_text())
+    rows = []
+    for key, e in record["entries"].items():
+        default, best = e["default_images_per_s"], e["images_per_s"]
+        rows.append({"model, batch, input": key.replace(" | ", ", "),
+                     "static default": Choice(**e["default"]).label(),
+                     "images/s": f"{default:,.0f}", "fastest found": Choice(**e["choice"]).label(),
+                     "its images/s": f"{best:,.0f}", "settings timed": len(e["measured"]),
+                     "default within 5%": "yes" if default >= 0.95 * best else f"no ({default / best:.2f})"})
+    return f"Measured on `{record['machine']}`.\n\n" + _markdown(pd.DataFrame(rows), "llrlrrl")
+
+
 TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "note": note_table, "sr": sr_table, "pct": pct_table, "bypass": bypass_table,
     "depth": depth_table, "comparisons": comparison_table, "deep_compression": deep_compression_table,
+    "headline": headline_table, "headline_compression": headline_compression_table,
+    "tuning": tuning_table,
 }
 
 
