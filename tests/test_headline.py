@@ -34,7 +34,7 @@ def test_budget_is_a_fiftieth_of_alexnet():
 def test_points_one_row_per_setting_in_study_order(tmp_path):
     points = headline.study_points(make_runs(tmp_path, (0.925, 0.927, 0.926)))
     assert list(points.index) == ["alexnet", "headline-b96", "squeezenet_fmnist"]
-    assert points.loc["headline-b96", "family"] == "headline search"
+    assert points.loc["headline-b96", "family"] == "headline SqueezeNet"
     assert points.loc["alexnet", "fp32_bytes"] == 4 * 24_744_650
     assert points.loc["headline-b96", "seeds"] == 3
     assert abs(points.loc["headline-b96", "test_acc_mean"] - 0.926) < 1e-9

@@ -4,6 +4,7 @@ with sizes measured from the files written, not computed."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from pathlib import Path
@@ -32,6 +33,18 @@ def to_fp16_storage(model: nn.Module) -> nn.Module:
     return rounded
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Run int8 calibration on one thread: the observed ranges, so the int8 file, would otherwise
+    depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def quantize_int8(model: nn.Module, calibration: Batches, batches: int = 8,
                   backend: str = "x86") -> nn.Module:
     """int8 weights and activations by post-training static quantization (FX graph mode).
@@ -46,17 +59,12 @@ def quantize_int8(model: nn.Module, calibration: Batches, batches: int = 8,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notices point to torchao
         prepared = prepare_fx(model, get_default_qconfig_mapping(backend), (example,))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # observed ranges (so the int8 file) must not depend on the thread count
-        try:
-            with torch.no_grad():
-                for i, (x, _) in enumerate(calibration):
-                    if i >= batches:
-                        break
-                    prepared(x.contiguous())
+        with one_thread(), torch.no_grad():  # observed ranges, so the int8 file, thread-independent
+            for i, (x, _) in enumerate(calibration):
+                if i >= batches:
+                    break
+                prepared(x.contiguous())
             return convert_fx(prepared)
-        finally:
-            torch.set_num_threads(threads)
 
 
 def compare_formats(model: nn.Module, name: str, test: Batches, calibration: Batches,

@@ -22,7 +22,7 @@ BYTES_PER_PARAMETER = 4  # fp32
 
 # Families of the study's run names, for the figure's legend (first match wins).
 FAMILIES = (
-    (r"headline-", "headline search"),
+    (r"headline-", "headline SqueezeNet"),
     (r"(squeezenet_fmnist|lenet|alexnet)$", "the note's models"),
     (r"design-", "design-space sweeps"),
     (r"depth-", "depth"),

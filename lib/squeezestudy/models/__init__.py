@@ -39,8 +39,9 @@ class ModelSpec:
     # bf16 autocast on a CPU with native bf16: worth it for big matmuls only; the tiny models
     # are bound by memory and overhead there. (On CUDA every model uses bf16.)
     bf16_on_cpu: bool = False
-    # bf16 trained to within 0.3 points of fp32 (notebook 06's paired check): the tuning pass
-    # (squeezestudy tune) may only choose bf16 for these.
+    # bf16 runs whose mean difference from fp32 was within 0.3 points and not distinguishable from
+    # zero in notebook 06's paired check (AlexNet-112: one pair): the tuning pass may only choose
+    # bf16 for these.
     bf16_checked: bool = False
     sized_by_input: bool = False  # the builder takes image_size: its classifier depends on it
 
