@@ -420,9 +420,10 @@ def fit(
     stage = _Stage(start_epoch, "building the model", saved=start_epoch)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     threads = torch.get_num_threads()
+    choice = resolve_defaults(config, device)
     try:
-        torch.set_num_threads(resolve_defaults(config, device).threads)  # a tuned machine's choice
-        run = _prepare(config, device, dataset, data_dir, stage)
+        torch.set_num_threads(choice.threads)  # a tuned machine's choice
+        run = _prepare(config, device, choice, dataset, data_dir, stage)
         history = _restore(run, state, out_path / CHECKPOINT) if state is not None else []
         if out_path is not None:  # from here the directory holds a run in progress
             rundir.remove(out_path, old_files)
@@ -469,11 +470,10 @@ class _Training:
                 + (f", resuming after epoch {start_epoch}" if start_epoch else ""))
 
 
-def _prepare(config: TrainConfig, device: torch.device, dataset: fmnist.FashionMNIST | None,
-             data_dir, stage: _Stage) -> _Training:
+def _prepare(config: TrainConfig, device: torch.device, choice: tune.Choice,
+             dataset: fmnist.FashionMNIST | None, data_dir, stage: _Stage) -> _Training:
     """Model, data batches, optimizer and schedule. The model first: a model_kwargs value its
     builder refuses fails before the data is loaded."""
-    choice = resolve_defaults(config, device)
     precision, channels_last, micro_batch = choice.precision, choice.channels_last, choice.micro_batch
     image_size = config.resolved_image_size()
     torch.manual_seed(config.seed)
