@@ -42,7 +42,7 @@ def test_points_one_row_per_setting_in_study_order(tmp_path):
 
 def test_verdicts_follow_the_evidence(tmp_path):
     runs = make_runs(tmp_path, (0.925, 0.927, 0.926))
-    lines = headline.verdicts(headline.seeds(r"headline-b96-s\d+", runs),
+    lines = headline.verdicts(headline.seeds(headline.HEADLINE_RUNS, runs),
                               headline.seeds(headline.ALEXNET_RUNS, runs), 494_893)
     assert lines[0].startswith("parameters: 411,322 of a budget of 494,893") and "within it" in lines[0]
     assert "target 93.0%: mean not reached" in lines[1]
@@ -52,7 +52,7 @@ def test_verdicts_follow_the_evidence(tmp_path):
 
 def test_one_seed_says_so(tmp_path):
     runs = make_runs(tmp_path, (0.931,))
-    lines = headline.verdicts(headline.seeds(r"headline-b96-s\d+", runs),
+    lines = headline.verdicts(headline.seeds(headline.HEADLINE_RUNS, runs),
                               headline.seeds(headline.ALEXNET_RUNS, runs), 494_893)
     assert "mean reached (only 1 seed(s) of 3)" in lines[1]
     assert "untested" in lines[2]

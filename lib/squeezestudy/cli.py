@@ -153,14 +153,14 @@ def _cmd_tune(args) -> int:
         print(f"this machine is tuned already ({tune.machine_key(device)}); `squeezestudy tune` retunes")
         return 0
     if args.show:
-        entries = tune.read_cache().get(tune.machine_key(device), {})
+        entries = tuned
         print(f"{tune.cache_path()}: {len(entries)} model(s) tuned on {tune.machine_key(device)}")
     else:
         if args.seconds <= 0:
             raise UsageError(f"--seconds must be positive, got {args.seconds}")
-        for name in args.models:
-            from .models import spec
+        from .models import spec
 
+        for name in args.models:
             spec(name)  # an unknown name fails before any measuring
         entries = tune.tune(args.models, device, load(args.data_dir), args.seconds)
         print(f"\ncached in {display_path(tune.cache_path())}")

@@ -5,19 +5,18 @@ study as one point (parameters, fp32 file size, test accuracy over seeds), and t
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pandas as pd
 
 from . import stats
-from .results import collect_runs, select
+from .results import select
 
 PARAMETER_RATIO = 50  # the paper: AlexNet-level accuracy with 50x fewer parameters
 SIZE_LIMIT_BYTES = 500_000  # the paper's title: < 0.5 MB
 FILE_RATIO = 500  # the issue's Deep Compression goal: >= 500x smaller than AlexNet's fp32 file
 TARGET_ACC = 0.930  # AlexNet-112's level (its mean of 93.56% less its seed spread, rounded down)
 ALEXNET_RUNS = r"alexnet-s\d+"
-HEADLINE_RUNS = r"headline-.*-s\d+"
+HEADLINE_RUNS = r"headline-b96-s\d+"  # the three seeds of the one headline recipe
 BYTES_PER_PARAMETER = 4  # fp32
 
 # Families of the study's run names, for the figure's legend (first match wins).
@@ -60,9 +59,8 @@ def study_points(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def seeds(pattern: str, runs: pd.DataFrame | None = None, runs_dir: str | Path | None = None) -> pd.DataFrame:
+def seeds(pattern: str, runs: pd.DataFrame) -> pd.DataFrame:
     """The finished runs matching `pattern`, one row each (run, seed, params, val and test accuracy)."""
-    runs = runs if runs is not None else (collect_runs(runs_dir) if runs_dir else collect_runs())
     chosen = select(runs, pattern)
     if chosen.empty:
         raise FileNotFoundError(f"no finished run matches {pattern!r}; train it first: "

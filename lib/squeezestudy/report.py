@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import stats
+from .headline import HEADLINE_RUNS
 from .paths import OUTPUTS, README, RUNS_DIR
 from .results import collect_runs, select
 from .summary import size_mb
@@ -138,9 +139,9 @@ COMPARISONS = [
     ("8 Fires", r"depth-fire8-s\d+", "1 Fire", r"squeezenet_fmnist-s\d+"),
     ("1 Fire, augmented", r"depth-fire1-aug-s\d+", "1 Fire", r"squeezenet_fmnist-s\d+"),
     ("8 Fires, augmented", r"depth-fire8-aug-s\d+", "8 Fires", r"depth-fire8-s\d+"),
-    ("headline SqueezeNet", r"headline-b96-s\d+", "AlexNet-112", r"alexnet-s\d+"),
-    ("headline SqueezeNet", r"headline-b96-s\d+", "one-Fire SqueezeNet", r"squeezenet_fmnist-s\d+"),
-    ("headline SqueezeNet", r"headline-b96-s\d+", "LeNet", r"lenet-s\d+"),
+    ("headline SqueezeNet", HEADLINE_RUNS, "AlexNet-112", r"alexnet-s\d+"),
+    ("headline SqueezeNet", HEADLINE_RUNS, "one-Fire SqueezeNet", r"squeezenet_fmnist-s\d+"),
+    ("headline SqueezeNet", HEADLINE_RUNS, "LeNet", r"lenet-s\d+"),
 ]
 
 
@@ -194,7 +195,7 @@ def headline_table(runs: pd.DataFrame) -> str:
     alexnet = _runs(headline.ALEXNET_RUNS, runs)
     budget = headline.parameter_budget(int(alexnet.params.iloc[0]))
     rows = []
-    for label, pattern in (("headline SqueezeNet (8 Fires, 96-wide, simple bypass)", r"headline-b96-s\d+"),
+    for label, pattern in (("headline SqueezeNet (8 Fires, 96-wide, simple bypass)", HEADLINE_RUNS),
                            ("AlexNet-112", headline.ALEXNET_RUNS),
                            ("eight-Fire SqueezeNet at v1.0's widths (notebook 09)", r"depth-fire8-s\d+"),
                            ("one-Fire SqueezeNet (the note)", r"squeezenet_fmnist-s\d+")):
