@@ -80,3 +80,31 @@ def test_train_accuracy_evaluates_the_final_model_in_eval_mode(small_fashion_mni
                       device=torch.device("cpu"))
     assert table.run.tolist() == ["run"]
     assert table.train_eval_acc.item() == pytest.approx(evaluate(model, batches)[1])
+
+
+def test_cached_train_accuracy_adds_only_the_runs_the_cache_lacks(small_fashion_mnist, tmp_path):
+    config = train.TrainConfig(model="squeezenet_fmnist", epochs=1, train_subset=500)
+    train.fit(config, small_fashion_mnist, out_dir=tmp_path / "runs" / "new", quiet=True)
+    cache = tmp_path / "train_accuracy.csv"
+    cache.write_text("run,train_eval_acc,train_eval_loss\nold,0.5,1.0\n")  # old: no checkpoint
+    table = sweeps.cached_train_accuracy(["new", "old"], cache, tmp_path / "runs",
+                                         load_dataset=lambda: small_fashion_mnist)
+    assert table.run.tolist() == ["new", "old"]
+    assert table.train_eval_acc.tolist()[1] == 0.5  # read, not recomputed
+    expected = sweeps.train_accuracy([tmp_path / "runs" / "new"], small_fashion_mnist).train_eval_acc.item()
+    assert table.train_eval_acc.tolist()[0] == pytest.approx(expected)
+    reread = sweeps.cached_train_accuracy(["old", "new"], cache, tmp_path / "runs")  # now cached
+    assert reread.train_eval_acc.tolist() == pytest.approx([0.5, expected])
+
+
+def test_cached_train_accuracy_names_runs_it_cannot_compute(small_fashion_mnist, tmp_path):
+    cache = tmp_path / "train_accuracy.csv"
+    cache.write_text("run,train_eval_acc,train_eval_loss\nold,0.5,1.0\n")
+    with pytest.raises(FileNotFoundError, match=r"lacks \['gone'\].*no checkpoint"):
+        sweeps.cached_train_accuracy(["old", "gone"], cache, tmp_path / "runs",
+                                     load_dataset=lambda: small_fashion_mnist)
+    (tmp_path / "runs" / "new").mkdir(parents=True)
+    (tmp_path / "runs" / "new" / train.CHECKPOINT).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="outside smoke mode"):
+        sweeps.cached_train_accuracy(["new"], cache, tmp_path / "runs")
+    assert cache.read_text() == "run,train_eval_acc,train_eval_loss\nold,0.5,1.0\n"

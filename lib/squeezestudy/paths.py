@@ -32,6 +32,7 @@ SMOKE_RUNS_DIR = OUTPUTS / "smoke" / "runs"
 WEIGHTS_DIR = OUTPUTS / "weights"
 BENCHMARKS_DIR = OUTPUTS / "benchmarks"
 FIGURES_DIR = OUTPUTS / "figures"
+DEPTH_TRAIN_ACCURACY = OUTPUTS / "depth" / "train_accuracy.csv"  # notebook 09; checkpoints are not committed
 
 
 class OutputDirError(ValueError):

@@ -12,11 +12,10 @@ import pandas as pd
 
 from . import stats
 from .headline import HEADLINE_RUNS
-from .paths import OUTPUTS, README, RUNS_DIR
+from .paths import DEPTH_TRAIN_ACCURACY, OUTPUTS, README, RUNS_DIR
 from .results import collect_runs, select
 from .summary import size_mb
 
-DEPTH_TRAIN_ACCURACY = OUTPUTS / "depth" / "train_accuracy.csv"
 MARKER = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
 
 NOTE_MODELS = {"squeezenet_fmnist": "one-Fire SqueezeNet", "lenet": "LeNet (no padding)",

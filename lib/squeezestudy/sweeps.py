@@ -4,17 +4,18 @@ training accuracy that the depth study needs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from . import data as fmnist
-from . import stats
+from . import fileio, stats
 from .evaluate import evaluate
 from .results import collect_runs, select
 from .summary import size_mb
-from .train import RUNS_DIR, load_predictions, load_trained_model
+from .train import CHECKPOINT, RUNS_DIR, load_predictions, load_trained_model
 
 # What the paper reports (Iandola et al. 2016), on ImageNet, for the comparisons in the notebooks.
 PAPER = {
@@ -115,3 +116,27 @@ def train_accuracy(run_dirs: list[Path], dataset: fmnist.FashionMNIST) -> pd.Dat
         loss, acc = evaluate(model, batches)
         rows.append({"run": Path(run_dir).name, "train_eval_acc": acc, "train_eval_loss": loss})
     return pd.DataFrame(rows)
+
+
+def cached_train_accuracy(runs: list[str], cache: str | Path, runs_dir: str | Path = RUNS_DIR,
+                          load_dataset: Callable[[], fmnist.FashionMNIST] | None = None) -> pd.DataFrame:
+    """`train_accuracy` of the named runs, read from `cache` (a CSV, committed because the
+    checkpoints are not). A run the cache lacks is computed from its checkpoint and added to the
+    cache, so new seeds join without the old runs' checkpoints. `load_dataset=None` only reads."""
+    cache = Path(cache)
+    table = pd.read_csv(cache) if cache.is_file() else pd.DataFrame(columns=["run", "train_eval_acc",
+                                                                             "train_eval_loss"])
+    missing = [r for r in runs if r not in set(table.run)]
+    if missing:
+        no_checkpoint = [r for r in missing if not (Path(runs_dir) / r / CHECKPOINT).is_file()]
+        if no_checkpoint:
+            raise FileNotFoundError(f"{cache} lacks {missing} and {no_checkpoint} have no checkpoint: "
+                                    "train them (`squeezestudy batch --profile full --only RUN`), "
+                                    "then re-execute the notebook")
+        if load_dataset is None:
+            raise FileNotFoundError(f"{cache} lacks {missing}: re-execute the notebook outside smoke "
+                                    "mode to compute them from their checkpoints")
+        added = train_accuracy([Path(runs_dir) / r for r in missing], load_dataset())
+        table = pd.concat([table, added], ignore_index=True).sort_values("run", ignore_index=True)
+        fileio.write_text(cache, table.to_csv(index=False))
+    return table.set_index("run").loc[list(runs)].reset_index()
