@@ -218,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="measure this machine's fastest settings per model and cache "
                                     "them: fit uses them for settings left to auto")
-    p.add_argument("--models", nargs="+", default=["squeezenet_fmnist", "lenet", "squeezenet_design",
-                                                   "alexnet"])
+    from .tune import DEFAULT_MODELS as TUNED_MODELS
+
+    p.add_argument("--models", nargs="+", default=list(TUNED_MODELS))
     p.add_argument("--seconds", type=float, default=2.0, help="time per candidate setting")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir")

@@ -30,6 +30,8 @@ from .models import spec
 
 CACHE_ENV = "SQUEEZESTUDY_TUNING"
 SETTINGS = ("precision", "channels_last", "micro_batch", "threads")
+# What `make study` trains, and SqueezeNet v1.0 at 224 (the benchmark's fourth model).
+DEFAULT_MODELS = ("squeezenet_fmnist", "lenet", "squeezenet_design", "alexnet", "squeezenet1_0")
 
 
 @dataclass(frozen=True)
