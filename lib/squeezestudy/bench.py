@@ -108,10 +108,17 @@ def train_flops_per_image(model: nn.Module, image_size: int, in_channels: int, b
 
 
 def _time_steps(step, warmup: int, steps: int, repeats: int, batch_size: int,
-                device: torch.device) -> list[float]:
+                device: torch.device, burst_seconds: float | None = None) -> list[float]:
+    """Images/s of `repeats` bursts of `steps` steps after `warmup` steps; with `burst_seconds`,
+    one more step is timed and sets how many steps a burst of about that long takes."""
     for _ in range(warmup):
         step()
     synchronize(device)
+    if burst_seconds is not None:
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        steps = max(1, round(burst_seconds / (time.perf_counter() - start)))
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -177,8 +184,10 @@ def naive_throughput(model_name: str, root: Path, device: torch.device, batch_si
 
 
 def project_throughput(model_name: str, dataset: fmnist.FashionMNIST, device: torch.device,
-                       setting: Setting, warmup: int, steps: int, repeats: int) -> list[float]:
-    """The project's pipeline: uint8 data on the device, batched preprocessing, `train_step`."""
+                       setting: Setting, warmup: int, steps: int, repeats: int,
+                       burst_seconds: float | None = None) -> list[float]:
+    """The project's pipeline: uint8 data on the device, batched preprocessing, `train_step`.
+    `burst_seconds` sizes each burst by time instead of `steps` (see _time_steps)."""
     previous_threads = torch.get_num_threads()
     if setting.threads:
         torch.set_num_threads(setting.threads)
@@ -203,7 +212,7 @@ def project_throughput(model_name: str, dataset: fmnist.FashionMNIST, device: to
                        micro_batch=setting.micro_batch)
 
         return _time_steps(step, warmup + (3 if setting.compile else 0), steps, repeats,
-                           setting.batch_size, device)
+                           setting.batch_size, device, burst_seconds)
     finally:
         torch.set_num_threads(previous_threads)
 

@@ -133,15 +133,14 @@ def candidates_along(axis: str, current: Choice, model: str, device: torch.devic
 
 def measure(model: str, choice: Choice, dataset, device: torch.device, batch_size: int,
             seconds: float) -> float:
-    """Training images/s of one choice: warm-up, then three timed bursts of about seconds/3."""
+    """Training images/s of one choice: warm-up, then three timed bursts of about seconds/3
+    (the model and data are set up once)."""
     from .bench import Setting, project_throughput
 
     setting = Setting(choice.precision, choice.channels_last, batch_size, choice.micro_batch,
                       threads=choice.threads)
-    probe = project_throughput(model, dataset, device, setting, warmup=2, steps=1, repeats=1)[0]
-    steps = max(1, round(seconds / 3 * probe / batch_size))
-    return statistics.median(project_throughput(model, dataset, device, setting, warmup=0,
-                                                steps=steps, repeats=3))
+    return statistics.median(project_throughput(model, dataset, device, setting, warmup=2, steps=1,
+                                                repeats=3, burst_seconds=seconds / 3))
 
 
 def tune_model(model: str, dataset, device: torch.device, batch_size: int | None = None,
