@@ -2,6 +2,8 @@
 
 import json
 
+import pandas as pd
+import pytest
 from squeezestudy import headline, train
 from squeezestudy.results import collect_runs
 
@@ -56,3 +58,23 @@ def test_one_seed_says_so(tmp_path):
                               headline.seeds(headline.ALEXNET_RUNS, runs), 494_893)
     assert "mean reached (only 1 seed(s) of 3)" in lines[1]
     assert "untested" in lines[2]
+
+
+def test_recipe_trials_judge_on_validation_and_skip_unfinished_recipes():
+    first, second = headline.RECIPES.values()
+    runs = pd.DataFrame({"run": [first, second], "val_acc": [0.90, 0.91], "train_acc": [0.99, 0.93],
+                         "test_acc": [0.92, 0.905]})
+    histories = pd.DataFrame({"run": [first] * 3 + [second] * 3, "epoch": [1, 2, 3] * 2,
+                              "val_acc": [0.8, 0.905, 0.90, 0.8, 0.9, 0.91],
+                              "val_loss": [0.5, 0.25, 0.5, 0.5, 0.4, 0.3]})
+    trials = headline.recipe_trials(runs, histories)
+    assert trials.run.tolist() == [first, second]
+    assert trials.val_loss_min_epoch.tolist() == [2, 3]
+    assert trials.val_loss_rise.tolist() == pytest.approx([1.0, 0.0])
+    assert trials.val_acc_best.tolist() == [0.905, 0.91]
+    # the test accuracy favours the first recipe; the choice follows validation
+    choice = headline.recipe_choice(trials)
+    assert "prefers the second" in choice and "by 1.00 points" in choice
+    only_first = headline.recipe_trials(runs[runs.run == first], histories)
+    assert only_first.run.tolist() == [first]
+    assert "nothing to choose" in headline.recipe_choice(only_first)

@@ -16,7 +16,12 @@ SIZE_LIMIT_BYTES = 500_000  # the paper's title: < 0.5 MB
 FILE_RATIO = 500  # the issue's Deep Compression goal: >= 500x smaller than AlexNet's fp32 file
 TARGET_ACC = 0.930  # AlexNet-112's level (its mean of 93.56% less its seed spread, rounded down)
 ALEXNET_RUNS = r"alexnet-s\d+"
-HEADLINE_RUNS = r"headline-b96-s\d+"  # the three seeds of the one headline recipe
+HEADLINE_RUNS = r"headline-b96-s\d+"  # the three seeds of the headline recipe
+# The recipes tried on the headline network, each by its seed-0 run: judged on validation only.
+RECIPES = {
+    "first (no augmentation, no label smoothing)": "headline-b96-s0",
+    "second (augmentation, label smoothing 0.1)": "headline-b96aug-s0",
+}
 BYTES_PER_PARAMETER = 4  # fp32
 
 # Families of the study's run names, for the figure's legend (first match wins).
@@ -84,3 +89,31 @@ def verdicts(headline: pd.DataFrame, alexnet: pd.DataFrame, budget: int) -> list
     lines.append(stats.welch(headline.test_acc, alexnet.test_acc, "headline SqueezeNet",
                              "AlexNet-112").verdict())
     return lines
+
+
+def recipe_trials(runs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
+    """One row per recipe of RECIPES that has finished: final and best validation accuracy, the
+    epoch of the lowest validation loss and how far it rose by the end, training accuracy; and
+    test accuracy, shown but not used for the choice."""
+    rows = []
+    for recipe, run in RECIPES.items():
+        row = runs[runs.run == run]
+        if row.empty:
+            continue
+        h = histories[histories.run == run].sort_values("epoch")
+        rows.append({"recipe": recipe, "run": run, "val_acc": row.val_acc.item(),
+                     "val_acc_best": h.val_acc.max(), "val_loss_min_epoch": int(h.epoch[h.val_loss.idxmin()]),
+                     "val_loss_rise": h.val_loss.iloc[-1] / h.val_loss.min() - 1,
+                     "train_acc": row.train_acc.item(), "test_acc": row.test_acc.item()})
+    return pd.DataFrame(rows)
+
+
+def recipe_choice(trials: pd.DataFrame) -> str:
+    """The validation rule's pick among the recipes tried (final validation accuracy), worded for
+    one seed each."""
+    if len(trials) < 2:
+        return f"{len(trials)} recipe(s) finished: nothing to choose between"
+    best = trials.loc[trials.val_acc.idxmax()]
+    margin = 100 * (best.val_acc - trials.val_acc.drop(best.name).max())
+    return (f"validation prefers the {best.recipe} recipe by {margin:.2f} points (seed 0 of each: "
+            "a choice of recipe, not a measured difference; its test accuracy played no part)")
