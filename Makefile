@@ -1,5 +1,5 @@
 # Entry points (see README): `make study` runs the study, `make test` runs the checks,
-# `make lab` opens the notebooks in JupyterLab.
+# `make lab` opens the notebooks in JupyterLab, `make site` renders them as a static site.
 # All create the virtual environment .venv on first use, with the pinned versions of constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ JOBS ?= 1
 NBVAL := --nbval-lax --nbval-sanitize-with .nbval-sanitize.cfg
 KERNEL_SPEC := $(VENV)/share/jupyter/kernels/python3/.squeezestudy
 
-.PHONY: study test lint smoke bench tune env lab kernel constraints
+.PHONY: study test lint smoke bench tune env lab kernel constraints site theme
 
 env: $(VENV)/.installed
 
@@ -60,3 +60,25 @@ bench: env
 # Measure this machine's fastest settings per model (fit uses them for settings left to auto).
 tune: env
 	$(PY) -m squeezestudy.cli tune
+
+# The rendered site, offline (README "The rendered site"): the MyST book theme is built from its
+# vendored source site/book-theme into $(THEME) (npm ci, then its Remix build), and Jupyter Book
+# renders README and the executed notebooks (never re-run) against it into _build/html.
+THEME := _build/book-theme
+THEME_SRC := $(shell find site/book-theme -type f)
+
+site: env theme
+	$(VENV)/bin/jupyter-book build --html
+
+theme: $(THEME)/build/index.js
+
+$(THEME)/node_modules/.package-lock.json: site/book-theme/package-lock.json
+	mkdir -p $(THEME)
+	cp site/book-theme/package.json site/book-theme/package-lock.json $(THEME)/
+	cd $(THEME) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+$(THEME)/build/index.js: $(THEME)/node_modules/.package-lock.json $(THEME_SRC)
+	rm -rf $(THEME)/app $(THEME)/styles $(THEME)/build $(THEME)/public
+	cp -r site/book-theme/. $(THEME)/
+	cd $(THEME) && npm run build
