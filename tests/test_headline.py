@@ -74,7 +74,7 @@ def test_recipe_trials_judge_on_validation_and_skip_unfinished_recipes():
     assert trials.val_acc_best.tolist() == [0.905, 0.91]
     # the test accuracy favours the first recipe; the choice follows validation
     choice = headline.recipe_choice(trials)
-    assert "prefers the second" in choice and "by 1.00 points" in choice
+    assert "prefers the regularised" in choice and "by 1.00 points" in choice
     only_first = headline.recipe_trials(runs[runs.run == first], histories)
     assert only_first.run.tolist() == [first]
     assert "nothing to choose" in headline.recipe_choice(only_first)

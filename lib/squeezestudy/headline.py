@@ -19,8 +19,8 @@ ALEXNET_RUNS = r"alexnet-s\d+"
 HEADLINE_RUNS = r"headline-b96-s\d+"  # the three seeds of the headline recipe
 # The recipes tried on the headline network, each by its seed-0 run: judged on validation only.
 RECIPES = {
-    "first (no augmentation, no label smoothing)": "headline-b96-s0",
-    "second (augmentation, label smoothing 0.1)": "headline-b96aug-s0",
+    "plain (no augmentation, no label smoothing)": "headline-b96-s0",
+    "regularised (augmentation, label smoothing 0.1)": "headline-b96aug-s0",
 }
 BYTES_PER_PARAMETER = 4  # fp32
 
