@@ -65,7 +65,7 @@ def test_recipe_trials_judge_on_validation_and_skip_unfinished_recipes():
     runs = pd.DataFrame({"run": [first, second], "val_acc": [0.90, 0.91], "train_acc": [0.99, 0.93],
                          "test_acc": [0.92, 0.905]})
     histories = pd.DataFrame({"run": [first] * 3 + [second] * 3, "epoch": [1, 2, 3] * 2,
-                              "val_acc": [0.8, 0.905, 0.90, 0.8, 0.9, 0.91],
+                              "val_acc": [0.8, 0.905, 0.90, 0.8, 0.9, 0.91], "test_loss": [0.3] * 6,
                               "val_loss": [0.5, 0.25, 0.5, 0.5, 0.4, 0.3]})
     trials = headline.recipe_trials(runs, histories)
     assert trials.run.tolist() == [first, second]

@@ -9,7 +9,7 @@ import re
 import pandas as pd
 
 from . import stats
-from .results import select
+from .results import loss_turn, select
 
 PARAMETER_RATIO = 50  # the paper: AlexNet-level accuracy with 50x fewer parameters
 SIZE_LIMIT_BYTES = 500_000  # the paper's title: < 0.5 MB
@@ -100,10 +100,11 @@ def recipe_trials(runs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
         row = runs[runs.run == run]
         if row.empty:
             continue
-        h = histories[histories.run == run].sort_values("epoch")
+        h = histories[histories.run == run]
+        turn = loss_turn(h)
         rows.append({"recipe": recipe, "run": run, "val_acc": row.val_acc.item(),
-                     "val_acc_best": h.val_acc.max(), "val_loss_min_epoch": int(h.epoch[h.val_loss.idxmin()]),
-                     "val_loss_rise": h.val_loss.iloc[-1] / h.val_loss.min() - 1,
+                     "val_acc_best": h.val_acc.max(), "val_loss_min_epoch": int(turn.val_min_epoch),
+                     "val_loss_rise": turn.val_loss_last / turn.val_loss_min - 1,
                      "train_acc": row.train_acc.item(), "test_acc": row.test_acc.item()})
     return pd.DataFrame(rows)
 

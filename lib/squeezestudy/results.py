@@ -60,6 +60,16 @@ def collect_histories(runs: pd.DataFrame, runs_dir: str | Path = RUNS_DIR) -> pd
     return pd.concat(frames, ignore_index=True)
 
 
+def loss_turn(history: pd.DataFrame) -> pd.Series:
+    """Of one run's history: the epoch of the lowest validation and test loss, that loss, and
+    the loss at the last epoch (a loss that rises while accuracy holds: over-confidence)."""
+    h = history.sort_values("epoch").reset_index(drop=True)
+    v, t = h.val_loss, h.test_loss
+    return pd.Series({"val_min_epoch": h.epoch[v.idxmin()], "val_loss_min": v.min(),
+                      "val_loss_last": v.iloc[-1], "test_min_epoch": h.epoch[t.idxmin()],
+                      "test_loss_min": t.min(), "test_loss_last": t.iloc[-1]})
+
+
 def comparison_table(runs: pd.DataFrame, mult_adds: dict[str, int] | None = None,
                      by: tuple[str, ...] = ("model",)) -> pd.DataFrame:
     """Per model: parameters, size, multiply-adds, test accuracy mean +- std over seeds,
