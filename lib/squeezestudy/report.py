@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import stats
-from .headline import HEADLINE_RUNS
+from . import headline, stats
+from .headline import ALEXNET_RUNS, HEADLINE_RUNS
 from .paths import DEPTH_TRAIN_ACCURACY, OUTPUTS, README, RUNS_DIR
 from .results import collect_runs, select
 from .summary import size_mb
@@ -122,9 +122,9 @@ def bypass_table(runs: pd.DataFrame) -> str:
 
 # (label a, pattern a, label b, pattern b): every comparison the README's prose draws.
 COMPARISONS = [
-    ("AlexNet-112", r"alexnet-s\d+", "one-Fire SqueezeNet", r"squeezenet_fmnist-s\d+"),
+    ("AlexNet-112", ALEXNET_RUNS, "one-Fire SqueezeNet", r"squeezenet_fmnist-s\d+"),
     ("LeNet", r"lenet-s\d+", "one-Fire SqueezeNet", r"squeezenet_fmnist-s\d+"),
-    ("AlexNet-112", r"alexnet-s\d+", "LeNet", r"lenet-s\d+"),
+    ("AlexNet-112", ALEXNET_RUNS, "LeNet", r"lenet-s\d+"),
     ("SR 0.25", r"design-sr0\.25-s\d+", "SR 0.125", r"design-sr0\.125-s\d+"),
     ("SR 0.5", r"design-sr0\.5-s\d+", "SR 0.25", r"design-sr0\.25-s\d+"),
     ("SR 1.0", r"design-sr1\.0-s\d+", "SR 0.75", r"design-sr0\.75-s\d+"),
@@ -138,7 +138,7 @@ COMPARISONS = [
     ("8 Fires", r"depth-fire8-s\d+", "1 Fire", r"squeezenet_fmnist-s\d+"),
     ("1 Fire, augmented", r"depth-fire1-aug-s\d+", "1 Fire", r"squeezenet_fmnist-s\d+"),
     ("8 Fires, augmented", r"depth-fire8-aug-s\d+", "8 Fires", r"depth-fire8-s\d+"),
-    ("headline SqueezeNet", HEADLINE_RUNS, "AlexNet-112", r"alexnet-s\d+"),
+    ("headline SqueezeNet", HEADLINE_RUNS, "AlexNet-112", ALEXNET_RUNS),
     ("headline SqueezeNet", HEADLINE_RUNS, "one-Fire SqueezeNet", r"squeezenet_fmnist-s\d+"),
     ("headline SqueezeNet", HEADLINE_RUNS, "LeNet", r"lenet-s\d+"),
 ]
@@ -176,7 +176,7 @@ def deep_compression_table(runs: pd.DataFrame, table: Path = DEEP_COMPRESSION_TA
     t = pd.read_csv(table)
     rows = [{"model": r.model, "compression": r.compression, "file size": f"{r.file_bytes / 1e3:,.1f} KB",
              "x smaller than AlexNet-112 (fp32)": f"{r.x_smaller_than_alexnet:,.0f}x",
-             "test accuracy": (stats.mean_std(_runs(r"alexnet-s\d+", runs).test_acc) + " (seeds)"
+             "test accuracy": (stats.mean_std(_runs(ALEXNET_RUNS, runs).test_acc) + " (seeds)"
                                if r.model == "AlexNet-112" else f"{100 * r.test_acc:.2f}"),
              "change, points": "" if pd.isna(r.change_points) else f"{r.change_points:+.2f}"}
             for r in t.itertuples()]
@@ -189,13 +189,11 @@ def headline_compression_table(runs: pd.DataFrame) -> str:
 
 def headline_table(runs: pd.DataFrame) -> str:
     """The headline SqueezeNet against AlexNet-112 and the targets, with the study's nearest models."""
-    from . import headline
-
-    alexnet = _runs(headline.ALEXNET_RUNS, runs)
+    alexnet = _runs(ALEXNET_RUNS, runs)
     budget = headline.parameter_budget(int(alexnet.params.iloc[0]))
     rows = []
     for label, pattern in (("headline SqueezeNet (8 Fires, 96-wide, simple bypass)", HEADLINE_RUNS),
-                           ("AlexNet-112", headline.ALEXNET_RUNS),
+                           ("AlexNet-112", ALEXNET_RUNS),
                            ("eight-Fire SqueezeNet at v1.0's widths (notebook 09)", r"depth-fire8-s\d+"),
                            ("one-Fire SqueezeNet (the note)", r"squeezenet_fmnist-s\d+")):
         group = _runs(pattern, runs)
