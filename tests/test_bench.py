@@ -20,15 +20,25 @@ def test_benchmark_runs_end_to_end(fashion_mnist, tmp_path, capsys):
     assert "x naive" in capsys.readouterr().out
 
 
-def test_bursts_sized_by_time_take_the_steps_one_timed_step_says(monkeypatch):
-    clock = {"now": 0.0, "calls": 0}
+def test_interleaved_rounds_visit_every_setting_in_turn(monkeypatch):
+    clock = {"now": 0.0}
+    calls = []
 
-    def step():  # a step that takes 10 ms on a fake clock
-        clock["now"] += 0.01
-        clock["calls"] += 1
+    def make_step(name, seconds):
+        def step():
+            clock["now"] += seconds
+            calls.append(name)
+        return step
 
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["now"])
-    rates = bench._time_steps(step, warmup=2, steps=1, repeats=3, batch_size=8,
-                              device=torch.device("cpu"), burst_seconds=0.05)
-    assert clock["calls"] == 2 + 1 + 3 * 5  # warm-up, the sizing step, three bursts of 5
-    assert rates == pytest.approx([800.0] * 3)
+    timed = [bench.Timed(make_step("a", 0.01), batch_size=8, warmup=2),
+             bench.Timed(make_step("b", 0.02), batch_size=8, threads=1)]
+    threads = torch.get_num_threads()
+    rates = bench.interleaved_rates(timed, torch.device("cpu"), steps=1, repeats=3,
+                                    burst_seconds=0.1)
+    assert torch.get_num_threads() == threads  # b's one thread is restored after each burst
+    # warm-up and one sizing step each, then three rounds of bursts of 0.1 s (10 and 5 steps),
+    # the order rotating: a b, b a, a b
+    assert calls == ["a"] * 3 + ["b"] + (["a"] * 10 + ["b"] * 5) + (["b"] * 5 + ["a"] * 10) + (
+        ["a"] * 10 + ["b"] * 5)
+    assert rates == [pytest.approx([800.0] * 3), pytest.approx([400.0] * 3)]

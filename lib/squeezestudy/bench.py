@@ -5,7 +5,8 @@ For each model: images/s of the naive pipeline (torchvision `FashionMNIST` + `To
 pipeline at its defaults and at every setting tried, the ratio, and the achieved training
 FLOP/s (one step counted with `torch.utils.flop_counter`) over the matmul peak measured in
 the same run at the same precision. Warm-up steps are excluded; each figure is the median
-of several timed repeats. Writes outputs/benchmarks/throughput.json and .md.
+of several timed repeats, taken in rounds that visit every setting of a model in turn
+(`interleaved_rates`). Writes outputs/benchmarks/throughput.json and .md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,25 +109,48 @@ def train_flops_per_image(model: nn.Module, image_size: int, in_channels: int, b
     return counter.get_total_flops() / batch
 
 
-def _time_steps(step, warmup: int, steps: int, repeats: int, batch_size: int,
-                device: torch.device, burst_seconds: float | None = None) -> list[float]:
-    """Images/s of `repeats` bursts of `steps` steps after `warmup` steps; with `burst_seconds`,
-    one more step is timed and sets how many steps a burst of about that long takes."""
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    if burst_seconds is not None:
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        steps = max(1, round(burst_seconds / (time.perf_counter() - start)))
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        synchronize(device)
-        rates.append(steps * batch_size / (time.perf_counter() - start))
+@dataclass
+class Timed:
+    """A training step, set up and ready to be timed: its batch size, and the threads it runs on
+    (None: the process's)."""
+
+    step: Callable[[], None]
+    batch_size: int
+    threads: int | None = None
+    warmup: int = 0
+
+    def run(self, steps: int, device: torch.device) -> float:
+        """Seconds that `steps` steps take, on this step's threads."""
+        previous = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            start = time.perf_counter()
+            for _ in range(steps):
+                self.step()
+            synchronize(device)
+            return time.perf_counter() - start
+        finally:
+            torch.set_num_threads(previous)
+
+
+def interleaved_rates(timed: list[Timed], device: torch.device, steps: int, repeats: int,
+                      burst_seconds: float | None = None) -> list[list[float]]:
+    """Images/s of each step in `timed`: after each one's warm-up, `repeats` rounds in which every
+    step runs one burst of `steps` steps in turn, the order rotating by one each round. A machine
+    whose speed drifts while it is measured (a shared host, a CPU warming up) then slows every
+    setting alike instead of whichever was running at the time. With `burst_seconds`, one more
+    timed step of each sets how many steps its burst takes."""
+    bursts = []
+    for t in timed:
+        t.run(t.warmup, device)
+        bursts.append(steps if burst_seconds is None
+                      else max(1, round(burst_seconds / t.run(1, device))))
+    rates: list[list[float]] = [[] for _ in timed]
+    for round_ in range(repeats):
+        for k in range(len(timed)):
+            i = (round_ + k) % len(timed)
+            rates[i].append(bursts[i] * timed[i].batch_size / timed[i].run(bursts[i], device))
     return rates
 
 
@@ -152,8 +177,8 @@ def _torchvision_root(source: Path) -> Path:
     return root
 
 
-def naive_throughput(model_name: str, root: Path, device: torch.device, batch_size: int,
-                     warmup: int, steps: int, repeats: int, workers: int) -> list[float]:
+def naive_timed(model_name: str, root: Path, device: torch.device, batch_size: int, warmup: int,
+                workers: int) -> Timed:
     """The d2l way: PIL images through ToTensor (+ Resize) in a DataLoader, fp32, NCHW."""
     import torchvision
     from torchvision import transforms
@@ -180,41 +205,32 @@ def naive_throughput(model_name: str, root: Path, device: torch.device, batch_si
         loss.backward()
         optimizer.step()
 
-    return _time_steps(step, warmup, steps, repeats, batch_size, device)
+    return Timed(step, batch_size, warmup=warmup)
 
 
-def project_throughput(model_name: str, dataset: fmnist.FashionMNIST, device: torch.device,
-                       setting: Setting, warmup: int, steps: int, repeats: int,
-                       burst_seconds: float | None = None) -> list[float]:
-    """The project's pipeline: uint8 data on the device, batched preprocessing, `train_step`.
-    `burst_seconds` sizes each burst by time instead of `steps` (see _time_steps)."""
-    previous_threads = torch.get_num_threads()
-    if setting.threads:
-        torch.set_num_threads(setting.threads)
-    try:
-        config = TrainConfig(model=model_name, device=str(device), precision=setting.precision,
-                             batch_size=setting.batch_size, channels_last=setting.channels_last)
-        mean, std = dataset.mean_std()
-        batches = fmnist.Batches(dataset.train, setting.batch_size, mean=mean, std=std, device=device,
-                                 image_size=config.resolved_image_size(), shuffle=True, drop_last=True,
-                                 channels_last=setting.channels_last)
-        torch.manual_seed(0)
-        model = build_model(config).to(device)
-        if setting.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, config)
-        step_model = torch.compile(model) if setting.compile else model
-        stream = _endless(batches)
+def project_timed(model_name: str, dataset: fmnist.FashionMNIST, device: torch.device,
+                  setting: Setting, warmup: int) -> Timed:
+    """The project's pipeline: uint8 data on the device, batched preprocessing, `train_step`."""
+    config = TrainConfig(model=model_name, device=str(device), precision=setting.precision,
+                         batch_size=setting.batch_size, channels_last=setting.channels_last)
+    mean, std = dataset.mean_std()
+    batches = fmnist.Batches(dataset.train, setting.batch_size, mean=mean, std=std, device=device,
+                             image_size=config.resolved_image_size(), shuffle=True, drop_last=True,
+                             channels_last=setting.channels_last)
+    torch.manual_seed(0)
+    model = build_model(config).to(device)
+    if setting.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    step_model = torch.compile(model) if setting.compile else model
+    stream = _endless(batches)
 
-        def step():
-            x, y = next(stream)
-            train_step(step_model, optimizer, x, y, device, setting.precision,
-                       micro_batch=setting.micro_batch)
+    def step():
+        x, y = next(stream)
+        train_step(step_model, optimizer, x, y, device, setting.precision,
+                   micro_batch=setting.micro_batch)
 
-        return _time_steps(step, warmup + (3 if setting.compile else 0), steps, repeats,
-                           setting.batch_size, device, burst_seconds)
-    finally:
-        torch.set_num_threads(previous_threads)
+    return Timed(step, setting.batch_size, setting.threads, warmup + (3 if setting.compile else 0))
 
 
 def default_setting(model_name: str, device: torch.device) -> Setting:
@@ -270,30 +286,37 @@ def run(models: list[str], steps: int, repeats: int, warmup: int, quick: bool, t
             flops = train_flops_per_image(build_model(config), config.resolved_image_size(), 1)
             heavy = flops / 1e9 > HEAVY_GFLOP_PER_IMAGE and device.type == "cpu"
             n_steps = max(1, steps // 4) if heavy else steps
-            rates = naive_throughput(name, root, device, batch, warmup, n_steps, repeats, workers)
-            ips = statistics.median(rates)
+            grid = settings_grid(name, device, quick, try_compile)
+            rates: dict[int, list[float]] = {}
+            for i, setting in enumerate(grid):
+                if setting.precision == "bf16" and not bf16_supported(device):
+                    # emulated bf16 is 10-30x slower here: one step, timed alone, shows it
+                    setting.label += " (emulated, 1 step)"
+                    rates[i] = interleaved_rates([project_timed(name, dataset, device, setting, 1)],
+                                                 device, steps=1, repeats=1)[0]
+            together = [i for i in range(len(grid)) if i not in rates]
+            timed = [naive_timed(name, root, device, batch, warmup, workers)]
+            timed += [project_timed(name, dataset, device, grid[i], warmup) for i in together]
+            naive_rates, *project_rates = interleaved_rates(timed, device, n_steps, repeats)
+            del timed  # every setting's model and optimizer
+            rates.update(zip(together, project_rates, strict=True))
+            ips = statistics.median(naive_rates)
             naive = Record(model=name, pipeline="naive", precision="fp32",
                            settings={"batch_size": batch, "channels_last": False, "compile": False,
                                      "threads": torch.get_num_threads(), "workers": workers},
                            images_per_s=ips, ratio_vs_naive=1.0,
                            fraction_of_peak=flops * ips / peaks["fp32"],
-                           train_gflop_per_image=flops / 1e9, repeats=rates,
+                           train_gflop_per_image=flops / 1e9, repeats=naive_rates,
                            label="torchvision DataLoader")
             records.append(naive)
             echo(_line(naive))
-            for setting in settings_grid(name, device, quick, try_compile):
-                if setting.precision == "bf16" and not bf16_supported(device):
-                    # emulated bf16 is 10-30x slower here: one timed step is enough to show it
-                    setting.label += " (emulated, 1 step)"
-                    rates = project_throughput(name, dataset, device, setting, 1, 1, 1)
-                else:
-                    rates = project_throughput(name, dataset, device, setting, warmup, n_steps, repeats)
-                ips = statistics.median(rates)
+            for i, setting in enumerate(grid):
+                ips = statistics.median(rates[i])
                 rec = Record(model=name, pipeline="project", precision=setting.precision,
                              settings=setting.describe(), images_per_s=ips,
                              ratio_vs_naive=ips / naive.images_per_s,
                              fraction_of_peak=flops * ips / peaks[setting.precision],
-                             train_gflop_per_image=flops / 1e9, repeats=rates, label=setting.label)
+                             train_gflop_per_image=flops / 1e9, repeats=rates[i], label=setting.label)
                 records.append(rec)
                 echo(_line(rec))
     finally:

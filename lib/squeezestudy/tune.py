@@ -3,7 +3,9 @@
 `squeezestudy tune` times, for each model at its batch size, the settings `fit` may choose
 when they are left to auto (precision where the device runs bf16 natively, channels_last,
 micro-batch, threads), a couple of seconds each, by coordinate descent from the model's
-static defaults (ModelSpec). The fastest is cached per machine and model in
+static defaults (ModelSpec): the values of one setting are timed together, in interleaved
+rounds, and one replaces the current value only when it is MIN_GAIN faster. The result is
+cached per machine and model in
 ~/.cache/squeezestudy/tuning.json (or $SQUEEZESTUDY_TUNING). The cache key says what the
 machine is: CPU model, instruction set, the threads torch may use, torch's version (or the GPU).
 `fit` then uses the cached choice for every setting a config leaves to auto; without an entry
@@ -30,6 +32,10 @@ from .models import spec
 
 CACHE_ENV = "SQUEEZESTUDY_TUNING"
 SETTINGS = ("precision", "channels_last", "micro_batch", "threads")
+# A setting replaces the current one only when it measured this much faster. Closer than that,
+# samples of a few seconds on a shared machine do not tell two settings apart, and the current
+# one (in the end, often the static default) is kept.
+MIN_GAIN = 1.03
 # What `make study` trains, and SqueezeNet v1.0 at 224 (the benchmark's fourth model).
 DEFAULT_MODELS = ("squeezenet_fmnist", "lenet", "squeezenet_design", "alexnet", "squeezenet1_0")
 
@@ -131,37 +137,51 @@ def candidates_along(axis: str, current: Choice, model: str, device: torch.devic
     return [dataclasses.replace(current, **{axis: v}) for v in values]
 
 
-def measure(model: str, choice: Choice, dataset, device: torch.device, batch_size: int,
-            seconds: float) -> float:
-    """Training images/s of one choice: warm-up, then three timed bursts of about seconds/3
-    (the model and data are set up once)."""
-    from .bench import Setting, project_throughput
+def measure(model: str, choices: list[Choice], dataset, device: torch.device, batch_size: int,
+            seconds: float) -> list[float]:
+    """Training images/s of each choice: each set up once and warmed up, then three rounds of
+    bursts of about seconds/3 in which every choice runs in turn (bench.interleaved_rates), so
+    that a machine whose speed drifts meanwhile slows them alike; the median of each."""
+    from .bench import Setting, interleaved_rates, project_timed
 
-    setting = Setting(choice.precision, choice.channels_last, batch_size, choice.micro_batch,
-                      threads=choice.threads)
-    return statistics.median(project_throughput(model, dataset, device, setting, warmup=2, steps=1,
-                                                repeats=3, burst_seconds=seconds / 3))
+    timed = [project_timed(model, dataset, device,
+                           Setting(c.precision, c.channels_last, batch_size, c.micro_batch,
+                                   threads=c.threads), warmup=2)
+             for c in choices]
+    rates = interleaved_rates(timed, device, steps=1, repeats=3, burst_seconds=seconds / 3)
+    return [statistics.median(r) for r in rates]
 
 
 def tune_model(model: str, dataset, device: torch.device, batch_size: int | None = None,
                seconds: float = 2.0, echo=print) -> dict:
-    """Coordinate descent over SETTINGS from the static defaults; returns the cache entry:
-    the fastest choice and every measurement."""
+    """Coordinate descent over SETTINGS from the static defaults, the values of one setting timed
+    together; a value replaces the current one only when it measured MIN_GAIN faster. Returns
+    the cache entry: the choice and every measurement."""
     batch_size = batch_size or spec(model).batch_size
-    current = static_choice(model, device)
+    current = default = static_choice(model, device)
     timed: dict[Choice, float] = {}
 
-    def rate(choice: Choice) -> float:
-        if choice not in timed:
-            timed[choice] = measure(model, choice, dataset, device, batch_size, seconds)
-            echo(f"  {model:18s} {choice.label():58s} {timed[choice]:9,.0f} img/s")
-        return timed[choice]
+    def time_together(choices: list[Choice]) -> None:
+        for choice, rate in zip(choices, measure(model, choices, dataset, device, batch_size, seconds),
+                                strict=True):
+            timed[choice] = rate
+            echo(f"  {model:18s} {choice.label():58s} {rate:9,.0f} img/s")
 
-    default = current
     for axis in SETTINGS:
-        current = max(candidates_along(axis, current, model, device, batch_size), key=rate)
+        candidates = candidates_along(axis, current, model, device, batch_size)
+        if current not in candidates:
+            candidates.insert(0, current)
+        if len(candidates) > 1:
+            time_together(candidates)
+            fastest = max(candidates, key=timed.__getitem__)
+            if timed[fastest] >= MIN_GAIN * timed[current]:
+                current = fastest
+    missing = [c for c in dict.fromkeys([default, current]) if c not in timed]
+    if missing:  # a device with a single value of every setting
+        time_together(missing)
     return {"choice": dataclasses.asdict(current), "images_per_s": timed[current],
             "default": dataclasses.asdict(default), "default_images_per_s": timed[default],
+            "min_gain": MIN_GAIN,
             "measured": [{**dataclasses.asdict(c), "images_per_s": r} for c, r in timed.items()],
             "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
