@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from squeezestudy import sweeps, train
@@ -95,6 +96,26 @@ def test_cached_train_accuracy_adds_only_the_runs_the_cache_lacks(small_fashion_
     assert table.train_eval_acc.tolist()[0] == pytest.approx(expected)
     reread = sweeps.cached_train_accuracy(["old", "new"], cache, tmp_path / "runs")  # now cached
     assert reread.train_eval_acc.tolist() == pytest.approx([0.5, expected])
+
+
+def test_cached_train_accuracy_recomputes_a_retrained_run(small_fashion_mnist, tmp_path):
+    config = train.TrainConfig(model="squeezenet_fmnist", epochs=1, train_subset=500)
+    run_dir = tmp_path / "runs" / "new"
+    train.fit(config, small_fashion_mnist, out_dir=run_dir, quiet=True)
+    finished_at = json.loads((run_dir / "metrics.json").read_text())["finished_at"]
+    cache = tmp_path / "train_accuracy.csv"
+    # a row of this training is read as it is; a row of an earlier training of the run is not
+    cache.write_text(f"run,finished_at,train_eval_acc,train_eval_loss\nnew,{finished_at},0.5,1.0\n")
+    assert sweeps.cached_train_accuracy(["new"], cache, tmp_path / "runs").train_eval_acc.item() == 0.5
+    cache.write_text("run,finished_at,train_eval_acc,train_eval_loss\nnew,2020-01-01T00:00:00+0000,0.5,1.0\n")
+    with pytest.raises(FileNotFoundError, match=r"holds an earlier training of \['new'\]"):
+        sweeps.cached_train_accuracy(["new"], cache, tmp_path / "runs")  # read-only: cannot mend
+    table = sweeps.cached_train_accuracy(["new"], cache, tmp_path / "runs",
+                                         load_dataset=lambda: small_fashion_mnist)
+    expected = sweeps.train_accuracy([run_dir], small_fashion_mnist)
+    assert table.train_eval_acc.item() == pytest.approx(expected.train_eval_acc.item())
+    assert table.finished_at.item() == finished_at
+    assert len(pd.read_csv(cache)) == 1  # the stale row replaced, not kept beside the new one
 
 
 def test_cached_train_accuracy_names_runs_it_cannot_compute(small_fashion_mnist, tmp_path):

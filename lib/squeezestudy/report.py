@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import headline, stats
+from . import headline, stats, sweeps
 from .headline import ALEXNET_RUNS, HEADLINE_RUNS
 from .paths import DEPTH_TRAIN_ACCURACY, OUTPUTS, README, RUNS_DIR
 from .results import collect_runs, select
@@ -95,14 +95,16 @@ DEPTH_SETUPS = {"1 Fire": r"squeezenet_fmnist-s\d+", "8 Fires": r"depth-fire8-s\
 
 def depth_table(runs: pd.DataFrame) -> str:
     """Test accuracy and the train-test gap; training accuracy in eval mode from notebook 09."""
-    train_eval = pd.read_csv(DEPTH_TRAIN_ACCURACY).set_index("run").train_eval_acc
+    groups = {setup: _runs(pattern, runs) for setup, pattern in DEPTH_SETUPS.items()}
+    try:
+        train_eval = sweeps.cached_train_accuracy([r for g in groups.values() for r in g.run],
+                                                  DEPTH_TRAIN_ACCURACY, runs.attrs.get("runs_dir", RUNS_DIR))
+    except FileNotFoundError as e:
+        raise ReportError(f"{e} (notebooks/09_depth.ipynb)") from None
+    train_eval = train_eval.set_index("run").train_eval_acc
     rows = []
-    for setup, pattern in DEPTH_SETUPS.items():
-        group = _runs(pattern, runs)
-        train_acc = train_eval.reindex(group.run)
-        if train_acc.isna().any():
-            raise ReportError(f"{DEPTH_TRAIN_ACCURACY} lacks {list(train_acc[train_acc.isna()].index)}; "
-                              "re-execute notebooks/09_depth.ipynb with the checkpoints")
+    for setup, group in groups.items():
+        train_acc = train_eval.loc[group.run]
         rows.append({"setup": setup, "seeds": len(group),
                      "test accuracy": stats.mean_std(group.test_acc),
                      "train accuracy (eval mode)": f"{100 * train_acc.mean():.2f}",

@@ -29,7 +29,9 @@ def collect_runs(runs_dir: str | Path = RUNS_DIR) -> pd.DataFrame:
         })
     if not rows:
         raise FileNotFoundError(f"no finished runs (*/metrics.json) in {runs_dir}; run the batch first")
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table.attrs["runs_dir"] = str(runs_dir)  # where the runs' other files are
+    return table
 
 
 def select(runs: pd.DataFrame, pattern: str) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from . import data as fmnist
 from . import fileio, stats
 from .evaluate import evaluate
 from .results import collect_runs, select
+from .rundir import METRICS, read_metrics
 from .summary import size_mb
 from .train import CHECKPOINT, RUNS_DIR, load_predictions, load_trained_model
 
@@ -104,7 +105,8 @@ def against_best(table: pd.DataFrame, setting, mean: str = "test_acc_mean", std:
 
 def train_accuracy(run_dirs: list[Path], dataset: fmnist.FashionMNIST) -> pd.DataFrame:
     """Accuracy of each run's final model on its training split, in eval mode (no dropout,
-    no augmentation): the clean number the train-test gap needs. Needs the checkpoints."""
+    no augmentation): the clean number the train-test gap needs. Needs the checkpoints.
+    `finished_at` says which training of the run it belongs to."""
     mean, std = dataset.mean_std()
     rows = []
     for run_dir in run_dirs:
@@ -114,29 +116,45 @@ def train_accuracy(run_dirs: list[Path], dataset: fmnist.FashionMNIST) -> pd.Dat
                                  image_size=config.resolved_image_size(), shuffle=False,
                                  drop_last=False, augment=False, channels_last=False)
         loss, acc = evaluate(model, batches)
-        rows.append({"run": Path(run_dir).name, "train_eval_acc": acc, "train_eval_loss": loss})
+        rows.append({"run": Path(run_dir).name, "finished_at": _finished_at(Path(run_dir)),
+                     "train_eval_acc": acc, "train_eval_loss": loss})
     return pd.DataFrame(rows)
+
+
+def _finished_at(run_dir: Path) -> str | None:
+    """When the run's training finished (metrics.json); None where the run is not here."""
+    return read_metrics(run_dir / METRICS).get("finished_at") if (run_dir / METRICS).is_file() else None
 
 
 def cached_train_accuracy(runs: list[str], cache: str | Path, runs_dir: str | Path = RUNS_DIR,
                           load_dataset: Callable[[], fmnist.FashionMNIST] | None = None) -> pd.DataFrame:
     """`train_accuracy` of the named runs, read from `cache` (a CSV, committed because the
-    checkpoints are not). A run the cache lacks is computed from its checkpoint and added to the
-    cache, so new seeds join without the old runs' checkpoints. `load_dataset=None` only reads."""
+    checkpoints are not). A run the cache lacks, or holds for an earlier training of the run
+    (its `finished_at` is not the run's), is computed from its checkpoint and written to the
+    cache, so new seeds join without the old runs' checkpoints and a retrained run is never read
+    stale. `load_dataset=None` only reads."""
     cache = Path(cache)
-    table = pd.read_csv(cache) if cache.is_file() else pd.DataFrame(columns=["run", "train_eval_acc",
-                                                                             "train_eval_loss"])
-    missing = [r for r in runs if r not in set(table.run)]
+    table = (pd.read_csv(cache, dtype={"finished_at": "string"}) if cache.is_file() else
+             pd.DataFrame(columns=["run", "finished_at", "train_eval_acc", "train_eval_loss"]))
+    finished = {r: _finished_at(Path(runs_dir) / r) for r in runs}
+    current = {row.run for row in table.itertuples()
+               if finished.get(row.run) is None or row.finished_at == finished[row.run]}
+    missing = [r for r in runs if r not in current]
     if missing:
+        lacking = [r for r in missing if r not in set(table.run)]
+        stale = [r for r in missing if r not in lacking]
+        reason = " and ".join(([f"lacks {lacking}"] if lacking else []) +
+                              ([f"holds an earlier training of {stale}"] if stale else []))
         no_checkpoint = [r for r in missing if not (Path(runs_dir) / r / CHECKPOINT).is_file()]
         if no_checkpoint:
-            raise FileNotFoundError(f"{cache} lacks {missing} and {no_checkpoint} have no checkpoint: "
+            raise FileNotFoundError(f"{cache} {reason}, and {no_checkpoint} have no checkpoint: "
                                     "train them (`squeezestudy batch --profile full --only RUN`), "
                                     "then re-execute the notebook")
         if load_dataset is None:
-            raise FileNotFoundError(f"{cache} lacks {missing}: re-execute the notebook outside smoke "
+            raise FileNotFoundError(f"{cache} {reason}: re-execute the notebook outside smoke "
                                     "mode to compute them from their checkpoints")
         added = train_accuracy([Path(runs_dir) / r for r in missing], load_dataset())
-        table = pd.concat([table, added], ignore_index=True).sort_values("run", ignore_index=True)
+        table = pd.concat([table[~table.run.isin(missing)], added], ignore_index=True)
+        table = table.sort_values("run", ignore_index=True)
         fileio.write_text(cache, table.to_csv(index=False))
     return table.set_index("run").loc[list(runs)].reset_index()
