@@ -102,30 +102,18 @@ def http_status(url: str) -> int:
         return 0
 
 
-# The one request off the machine left, reported but not failed: thebe-core (the notebook output
-# renderer of @myst-theme/jupyter) loads MathJax 2.7.5 from cdnjs for outputs that might hold
-# LaTeX; offline it fails and the page is otherwise complete (no output of the study has math).
-KNOWN_OFFSITE = ("https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.5/MathJax.js",)
-known_offsite_seen: set[str] = set()
-
-
 def network_problems(events: list[dict], origin: str) -> list[str]:
     problems = []
-    known_ids = set()
     for event in events:
         method, params = event.get("method"), event.get("params", {})
         if method == "Network.requestWillBeSent":
             url = params["request"]["url"]
-            if url.startswith(KNOWN_OFFSITE):
-                known_ids.add(params["requestId"])
-                known_offsite_seen.add(url.split("?")[0])
-            elif not url.startswith((origin, "data:", "blob:", "about:")):
+            if not url.startswith((origin, "data:", "blob:", "about:")):
                 problems.append(f"requested off the machine: {url}")
         elif method == "Network.responseReceived" and params["response"]["status"] >= 400:
             if not params["response"]["url"].endswith("/favicon.ico"):
                 problems.append(f"HTTP {params['response']['status']}: {params['response']['url']}")
-        elif (method == "Network.loadingFailed" and not params.get("canceled")
-              and params["requestId"] not in known_ids):
+        elif method == "Network.loadingFailed" and not params.get("canceled"):
             problems.append(f"failed to load ({params.get('errorText')}): request {params['requestId']}")
         elif method == "Runtime.exceptionThrown":
             details = params["exceptionDetails"]
@@ -228,8 +216,6 @@ def check(site: Path) -> int:
           f"sidebar: {len(sidebar)} entries in toc order: {sidebar == toc} "
           f"({time.monotonic() - t0:.1f} s)")
     print(f"landing page screenshot: {SCREENSHOT.relative_to(REPO)}")
-    for url in sorted(known_offsite_seen):
-        print(f"known request off the machine (fails offline, page complete without it): {url}")
     if problems:
         print(f"{len(problems)} problem(s):", *problems, sep="\n  ")
         return 1
