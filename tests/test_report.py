@@ -56,3 +56,51 @@ def test_comparison_rows_follow_their_interval(tmp_path):
     assert lenet.endswith("| not distinguishable |")
     with pytest.raises(report.ReportError, match="no finished run matches 'depth-fire8"):
         report.comparisons(collect_runs(runs), [("8", r"depth-fire8-s\d+", "1", r"lenet-s\d+")])
+
+
+def test_tuning_table_compares_only_settings_timed_together(tmp_path, monkeypatch):
+    default = {"precision": "fp32", "channels_last": True, "micro_batch": 0, "threads": 2}
+    layout = {**default, "channels_last": False}
+    micro = {**default, "micro_batch": 128}
+    groups = [{"axis": "channels_last", "current": default,
+               "rates": [{**default, "images_per_s": 100.0, "rounds": [99.0, 100.0, 101.0]},
+                         {**layout, "images_per_s": 80.0, "rounds": [79.0, 80.0, 81.0]}]},
+              {"axis": "micro_batch", "current": default,  # timed later, in other rounds
+               "rates": [{**default, "images_per_s": 50.0, "rounds": [40.0, 50.0, 60.0]},
+                         {**micro, "images_per_s": 51.0, "rounds": [45.0, 51.0, 55.0]}]}]
+    entry = {"choice": default, "default": default, "images_per_s": 50.0, "default_images_per_s": 100.0,
+             "rule": "every round faster", "groups": groups}
+    record = tmp_path / "tuning.json"
+    record.write_text(json.dumps({"machine": "cpu | test", "entries": {"lenet | batch 256 | 28x28": entry}}))
+    monkeypatch.setattr(report, "TUNING_RECORD", record)
+    table = report.tuning_table(None)
+    assert "Measured on `cpu | test`; medians of 3 interleaved rounds" in table
+    # micro-batch 128 gained 2% in its own rounds; against the default's first rounds it would be 0.51x
+    assert ("| lenet, batch 256, 28x28 | fp32, channels_last on, micro-batch off, 2 threads | "
+            "the static default | micro_batch: fp32, channels_last on, micro-batch 128, 2 threads "
+            "(1.02x) | 4 |") in table
+
+
+def test_speed_table_reads_the_benchmark_and_its_verdicts(tmp_path, monkeypatch):
+    settings = {"precision": "fp32", "channels_last": True, "batch_size": 256, "micro_batch": 128,
+                "compile": False, "threads": 2}
+    records = [{"model": "lenet", "pipeline": "naive", "precision": "fp32", "label": "torchvision DataLoader",
+                "images_per_s": 1000.0, "ratio_vs_naive": 1.0, "fraction_of_peak": 0.05, "settings": {}},
+               {"model": "lenet", "pipeline": "project", "precision": "fp32", "label": "default",
+                "images_per_s": 3600.0, "ratio_vs_naive": 3.6, "fraction_of_peak": 0.2, "settings": settings,
+                "repeats": [3000.0, 3600.0, 3900.0]}]
+    records.append({"model": "lenet", "pipeline": "project", "precision": "fp32", "label": "micro-batch off",
+                    "images_per_s": 4000.0, "ratio_vs_naive": 4.0, "fraction_of_peak": 0.22,
+                    "settings": {**settings, "micro_batch": 0}, "repeats": [3950.0, 4000.0, 4100.0]})
+    record = tmp_path / "throughput.json"
+    record.write_text(json.dumps({"meta": {"machine": "cpu | test", "device_name": "cpu", "repeats": 3,
+                                           "peak_gflops": {"fp32": 115.2}},
+                                  "records": records}))
+    monkeypatch.setattr(report, "THROUGHPUT_RECORD", record)
+    table = report.speed_table(None)
+    assert "fp32 matrix-product peak 115 GFLOP/s" in table and "median of 3 rounds" in table
+    assert ("| lenet (256) | 1,000 | 3,600 | 3,000-3,900 | 3.60 | 20 | fp32, channels_last on, "
+            "micro-batch 128, 2 threads | micro-batch off: 4,000 | not resolved (0.90) |") in table
+    record.unlink()
+    with pytest.raises(report.ReportError, match="throughput.json is missing; run `squeezestudy bench"):
+        report.speed_table(None)

@@ -4,13 +4,14 @@ when the committed README differs from what the runs give (CI runs it)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
-from . import headline, stats, sweeps
+from . import bench, headline, stats, sweeps, tune
 from .headline import ALEXNET_RUNS, HEADLINE_RUNS
 from .paths import DEPTH_TRAIN_ACCURACY, OUTPUTS, README, RUNS_DIR
 from .results import collect_runs, select
@@ -211,34 +212,78 @@ def headline_table(runs: pd.DataFrame) -> str:
 
 
 TUNING_RECORD = OUTPUTS / "benchmarks" / "tuning.json"
+THROUGHPUT_RECORD = OUTPUTS / "benchmarks" / "throughput.json"
+
+
+def _read_record(path: Path, command: str) -> dict:
+    if not path.is_file():
+        raise ReportError(f"{path} is missing; run `{command}`")
+    return json.loads(path.read_text())
 
 
 def tuning_table(runs: pd.DataFrame) -> str:
-    """`squeezestudy tune --record` on the study's machine: per model, the static default against
-    the fastest setting the tuning pass found, and whether the default is within 5% of it."""
-    import json
-
-    from .tune import Choice
-
-    if not TUNING_RECORD.is_file():
-        raise ReportError(f"{TUNING_RECORD} is missing; run `squeezestudy tune --record {TUNING_RECORD}`")
-    record = json.loads(TUNING_RECORD.read_text())
+    """`squeezestudy tune --record` on the study's machine: per model, the static default, the
+    choice the pass made (another value only where every round of it beat every round of the
+    current one), and the largest gain another value showed over the current one in the rounds
+    they shared (medians)."""
+    record = _read_record(TUNING_RECORD, f"squeezestudy tune --record {TUNING_RECORD}")
     rows = []
     for key, e in record["entries"].items():
-        default, best = e["default_images_per_s"], e["images_per_s"]
+        best_gain, best_label = 0.0, ""
+        for group in e["groups"]:
+            rates = {tune.Choice(**{k: r[k] for k in e["choice"]}): r["images_per_s"] for r in group["rates"]}
+            current = tune.Choice(**group["current"])
+            for choice, rate in rates.items():
+                if choice != current and rate / rates[current] > best_gain:
+                    best_gain, best_label = rate / rates[current], f"{group['axis']}: {choice.label()}"
         rows.append({"model, batch, input": key.replace(" | ", ", "),
-                     "static default": Choice(**e["default"]).label(),
-                     "images/s": f"{default:,.0f}", "fastest found": Choice(**e["choice"]).label(),
-                     "its images/s": f"{best:,.0f}", "settings timed": len(e["measured"]),
-                     "default within 5%": "yes" if default >= 0.95 * best else f"no ({default / best:.2f})"})
-    return f"Measured on `{record['machine']}`.\n\n" + _markdown(pd.DataFrame(rows), "llrlrrl")
+                     "static default": tune.Choice(**e["default"]).label(),
+                     "chosen": "the static default" if e["choice"] == e["default"]
+                     else tune.Choice(**e["choice"]).label(),
+                     "best other value, against the current one in the same rounds":
+                     f"{best_label} ({best_gain:.2f}x)" if best_label else "none timed",
+                     "settings timed": sum(len(g["rates"]) for g in e["groups"])})
+    return (f"Measured on `{record['machine']}`; medians of {tune.ROUNDS} interleaved rounds. A value "
+            "replaced the current one only where every one of its rounds beat every round of the "
+            "current one.\n\n" + _markdown(pd.DataFrame(rows), "llllr"))
+
+
+def speed_table(runs: pd.DataFrame) -> str:
+    """`squeezestudy bench` on the study's machine: per model, the naive pipeline against the
+    project's default (the ratio, the share of the fp32 matrix-product peak), and the default
+    against the fastest setting tried in the same interleaved rounds (batch-size rows excluded:
+    they change the recipe)."""
+    record = _read_record(THROUGHPUT_RECORD, "squeezestudy bench --out outputs/benchmarks")
+    meta, records = record["meta"], record["records"]
+    rows = []
+    # the verdicts from the recorded rounds, by the benchmark's own rule
+    for verdict in bench.default_verdicts([bench.Record(**r) for r in records]):
+        model = [r for r in records if r["model"] == verdict["model"]]
+        naive = next(r for r in model if r["pipeline"] == "naive")
+        default = next(r for r in model if r["pipeline"] == "project" and r["label"] == "default")
+        s = default["settings"]
+        rows.append({"model (batch)": f"{verdict['model']} ({s['batch_size']})",
+                     "naive images/s": f"{naive['images_per_s']:,.0f}",
+                     "default images/s": f"{default['images_per_s']:,.0f}",
+                     "its rounds": f"{min(default['repeats']):,.0f}-{max(default['repeats']):,.0f}",
+                     "x naive": f"{default['ratio_vs_naive']:.2f}",
+                     "% of fp32 peak": f"{100 * default['fraction_of_peak']:.0f}",
+                     "default": f"{s['precision']}, channels_last {'on' if s['channels_last'] else 'off'}, "
+                                f"micro-batch {s['micro_batch'] or 'off'}, {s['threads']} threads",
+                     "fastest other setting": f"{verdict['best']}: {verdict['best_images_per_s']:,.0f}"
+                     if verdict["best"] != "default" else "none",
+                     "default within 5%": verdict["within_5_percent"] if verdict["within_5_percent"] == "yes"
+                     else f"{verdict['within_5_percent']} ({verdict['default_over_best']:.2f})"})
+    return (f"Measured on `{meta.get('machine', meta['device_name'])}`; fp32 matrix-product peak "
+            f"{meta['peak_gflops']['fp32']:,.0f} GFLOP/s in the same run; each figure the median "
+            f"of {meta['repeats']} rounds.\n\n" + _markdown(pd.DataFrame(rows), "lrrrrrlll"))
 
 
 TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "note": note_table, "sr": sr_table, "pct": pct_table, "bypass": bypass_table,
     "depth": depth_table, "comparisons": comparison_table, "deep_compression": deep_compression_table,
     "headline": headline_table, "headline_compression": headline_compression_table,
-    "tuning": tuning_table,
+    "tuning": tuning_table, "speed": speed_table,
 }
 
 

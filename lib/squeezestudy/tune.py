@@ -4,7 +4,8 @@
 when they are left to auto (precision where the device runs bf16 natively, channels_last,
 micro-batch, threads), a couple of seconds each, by coordinate descent from the model's
 static defaults (ModelSpec): the values of one setting are timed together, in interleaved
-rounds, and one replaces the current value only when it is MIN_GAIN faster. The result is
+rounds, and one replaces the current value only when every one of its rounds beat every round
+of the current one (a rank test at p = 0.05 with three rounds a side). The result is
 cached per machine and model in
 ~/.cache/squeezestudy/tuning.json (or $SQUEEZESTUDY_TUNING). The cache key says what the
 machine is: CPU model, instruction set, the threads torch may use, torch's version (or the GPU).
@@ -29,13 +30,11 @@ import torch
 from . import fileio
 from .device import bf16_supported
 from .models import spec
+from .stats import every_round_faster
 
 CACHE_ENV = "SQUEEZESTUDY_TUNING"
 SETTINGS = ("precision", "channels_last", "micro_batch", "threads")
-# A setting replaces the current one only when it measured this much faster. Closer than that,
-# samples of a few seconds on a shared machine do not tell two settings apart, and the current
-# one (in the end, often the static default) is kept.
-MIN_GAIN = 1.03
+ROUNDS = 3  # interleaved rounds per group of settings
 # What `make study` trains, and SqueezeNet v1.0 at 224 (the benchmark's fourth model).
 DEFAULT_MODELS = ("squeezenet_fmnist", "lenet", "squeezenet_design", "alexnet", "squeezenet1_0")
 
@@ -138,51 +137,62 @@ def candidates_along(axis: str, current: Choice, model: str, device: torch.devic
 
 
 def measure(model: str, choices: list[Choice], dataset, device: torch.device, batch_size: int,
-            seconds: float) -> list[float]:
-    """Training images/s of each choice: each set up once and warmed up, then three rounds of
-    bursts of about seconds/3 in which every choice runs in turn (bench.interleaved_rates), so
-    that a machine whose speed drifts meanwhile slows them alike; the median of each."""
+            seconds: float) -> list[list[float]]:
+    """Training images/s of each choice in each round: each set up once and warmed up, then
+    ROUNDS rounds of bursts of about seconds/ROUNDS in which every choice runs in turn
+    (bench.interleaved_rates), so that a machine whose speed drifts meanwhile slows them alike."""
     from .bench import Setting, interleaved_rates, project_timed
 
     timed = [project_timed(model, dataset, device,
                            Setting(c.precision, c.channels_last, batch_size, c.micro_batch,
                                    threads=c.threads), warmup=2)
              for c in choices]
-    rates = interleaved_rates(timed, device, steps=1, repeats=3, burst_seconds=seconds / 3)
-    return [statistics.median(r) for r in rates]
+    return interleaved_rates(timed, device, steps=1, repeats=ROUNDS, burst_seconds=seconds / ROUNDS)
 
 
 def tune_model(model: str, dataset, device: torch.device, batch_size: int | None = None,
                seconds: float = 2.0, echo=print) -> dict:
     """Coordinate descent over SETTINGS from the static defaults, the values of one setting timed
-    together; a value replaces the current one only when it measured MIN_GAIN faster. Returns
-    the cache entry: the choice and every measurement."""
+    together; the fastest value (median of its rounds) replaces the current one only when every
+    one of its rounds beat every round of the current one (stats.every_round_faster): on a noisy
+    machine a gain within the scatter of the rounds keeps the current value. Returns the cache
+    entry: the choice, and each group of settings timed together (`groups`, with every round),
+    so that a comparison is only ever drawn between settings measured in the same rounds."""
     batch_size = batch_size or spec(model).batch_size
     current = default = static_choice(model, device)
-    timed: dict[Choice, float] = {}
+    groups: list[dict] = []
+    rate_of: dict[Choice, float] = {}  # each setting's latest measurement
+    first_rate: dict[Choice, float] = {}  # and its first (the default's: against its challengers)
 
-    def time_together(choices: list[Choice]) -> None:
-        for choice, rate in zip(choices, measure(model, choices, dataset, device, batch_size, seconds),
-                                strict=True):
-            timed[choice] = rate
-            echo(f"  {model:18s} {choice.label():58s} {rate:9,.0f} img/s")
+    def time_together(axis: str, choices: list[Choice]) -> dict[Choice, list[float]]:
+        rounds = dict(zip(choices, measure(model, choices, dataset, device, batch_size, seconds),
+                          strict=True))
+        for choice, rates in rounds.items():
+            rate = statistics.median(rates)
+            echo(f"  {model:18s} {choice.label():58s} {rate:9,.0f} img/s "
+                 f"(rounds {min(rates):,.0f}-{max(rates):,.0f})")
+            rate_of[choice] = rate
+            first_rate.setdefault(choice, rate)
+        groups.append({"axis": axis, "current": dataclasses.asdict(current),
+                       "rates": [{**dataclasses.asdict(c), "images_per_s": statistics.median(r),
+                                  "rounds": r} for c, r in rounds.items()]})
+        return rounds
 
     for axis in SETTINGS:
         candidates = candidates_along(axis, current, model, device, batch_size)
         if current not in candidates:
             candidates.insert(0, current)
         if len(candidates) > 1:
-            time_together(candidates)
-            fastest = max(candidates, key=timed.__getitem__)
-            if timed[fastest] >= MIN_GAIN * timed[current]:
+            rounds = time_together(axis, candidates)
+            fastest = max(candidates, key=rate_of.__getitem__)
+            if every_round_faster(rounds[fastest], rounds[current]):
                 current = fastest
-    missing = [c for c in dict.fromkeys([default, current]) if c not in timed]
+    missing = [c for c in dict.fromkeys([default, current]) if c not in rate_of]
     if missing:  # a device with a single value of every setting
-        time_together(missing)
-    return {"choice": dataclasses.asdict(current), "images_per_s": timed[current],
-            "default": dataclasses.asdict(default), "default_images_per_s": timed[default],
-            "min_gain": MIN_GAIN,
-            "measured": [{**dataclasses.asdict(c), "images_per_s": r} for c, r in timed.items()],
+        time_together("none", missing)
+    return {"choice": dataclasses.asdict(current), "images_per_s": rate_of[current],
+            "default": dataclasses.asdict(default), "default_images_per_s": first_rate[default],
+            "rule": "every round faster", "groups": groups,
             "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
