@@ -156,3 +156,22 @@ def test_design_for_28x28_and_sweeps():
         assert out.shape == (2, 10)
     with pytest.raises(ValueError, match="pct3x3"):
         models.fire_sizes(pct3x3=1.5)
+
+
+def test_squeeze_norm_is_a_labelled_variant_off_by_default():
+    plain = models.build("squeezenet_design")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())  # the paper's family
+    normed = models.build("squeezenet_design", squeeze_norm=True)
+    norms = [m for m in normed.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    fires = [m for m in normed.modules() if isinstance(m, Fire)]
+    assert len(norms) == len(fires) == 8
+    # one scale and one shift per squeeze filter, nothing else added
+    squeezes = sum(f.squeeze.out_channels for f in fires)
+    assert summary.count_parameters(normed) == summary.count_parameters(plain) + 2 * squeezes
+    # the batch norm sits between the squeeze convolution and its ReLU
+    fire = Fire(4, 2, 3, 3, squeeze_norm=True).train()
+    x = torch.randn(16, 4, 5, 5)
+    s = fire.squeeze(x)
+    expected = torch.cat([fire.expand1x1_activation(fire.expand1x1(torch.relu(fire.squeeze_norm(s)))),
+                          fire.expand3x3_activation(fire.expand3x3(torch.relu(fire.squeeze_norm(s))))], 1)
+    assert torch.allclose(fire(x), expected)  # train mode: the batch's own statistics

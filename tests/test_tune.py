@@ -186,3 +186,12 @@ def test_tune_if_untuned_skips_a_tuned_machine(cache, capsys, monkeypatch):
     monkeypatch.setattr(tune, "tune", lambda *a, **k: pytest.fail("retuned a tuned machine"))
     assert cli.main(["tune", "--if-untuned", "--models", "lenet"]) == 0
     assert "tuned already" in capsys.readouterr().out
+
+
+def test_batch_norm_models_train_on_whole_batches(cache):
+    config = TrainConfig(model="squeezenet_design", model_kwargs={"squeeze_norm": True})
+    write_entry(cache, config, tune.Choice("fp32", True, 128, 2))  # a choice for the model without it
+    assert train.resolve_defaults(config, CPU).micro_batch == 0
+    with pytest.raises(ValueError, match="micro_batch=64 with squeeze_norm"):
+        train.resolve_defaults(dataclasses.replace(config, micro_batch=64), CPU)
+    assert train.resolve_defaults(dataclasses.replace(config, model_kwargs={}), CPU).micro_batch == 128

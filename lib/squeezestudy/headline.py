@@ -17,6 +17,7 @@ FILE_RATIO = 500  # the issue's Deep Compression goal: >= 500x smaller than Alex
 TARGET_ACC = 0.930  # AlexNet-112's level (its mean of 93.56% less its seed spread, rounded down)
 ALEXNET_RUNS = r"alexnet-s\d+"
 HEADLINE_RUNS = r"headline-b96-s\d+"  # the three seeds of the headline recipe
+BATCH_NORM_RUNS = r"headline-bn-s\d+"  # the labelled variant: batch norm after each squeeze
 # The recipes tried on the headline network, each by its seed-0 run: judged on validation only.
 RECIPES = {
     "plain (no augmentation, no label smoothing)": "headline-b96-s0",
@@ -26,6 +27,7 @@ BYTES_PER_PARAMETER = 4  # fp32
 
 # Families of the study's run names, for the figure's legend (first match wins).
 FAMILIES = (
+    (r"headline-bn", "headline SqueezeNet + batch norm (outside the paper's family)"),
     (r"headline-", "headline SqueezeNet"),
     (r"(squeezenet_fmnist|lenet|alexnet)$", "the note's models"),
     (r"design-", "design-space sweeps"),

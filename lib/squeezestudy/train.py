@@ -300,6 +300,12 @@ def resolve_defaults(config: TrainConfig, device: torch.device) -> tune.Choice:
     precision = auto.precision if config.precision == "auto" else resolve_precision(config.precision, device)
     channels_last = auto.channels_last if config.channels_last is None else config.channels_last
     micro_batch = auto.micro_batch if config.micro_batch is None else config.micro_batch
+    if config.model_kwargs.get("squeeze_norm") and micro_batch:
+        if config.micro_batch:
+            raise ValueError(f"micro_batch={config.micro_batch} with squeeze_norm: batch norm would "
+                             "normalise each micro-batch on its own statistics, a different update; "
+                             "set micro_batch to 0 (or leave it to auto)")
+        micro_batch = 0  # the tuned or static choice assumed a model without batch statistics
     return tune.Choice(precision, channels_last, micro_batch, auto.threads)
 
 

@@ -11,10 +11,12 @@ class Fire(nn.Module):
 
     ReLU follows every convolution; the two expand outputs are concatenated
     along channels, so the module emits e1x1 + e3x3 channels. Layer names
-    match torchvision's `Fire`.
+    match torchvision's `Fire`. `squeeze_norm=True` puts batch norm between the
+    squeeze convolution and its ReLU: not the paper's module, a labelled variant.
     """
 
-    def __init__(self, in_channels: int, squeeze: int, expand1x1: int, expand3x3: int) -> None:
+    def __init__(self, in_channels: int, squeeze: int, expand1x1: int, expand3x3: int,
+                 squeeze_norm: bool = False) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("squeeze", squeeze)):
             if value < 1:
@@ -27,6 +29,7 @@ class Fire(nn.Module):
         self.in_channels = in_channels
         self.out_channels = expand1x1 + expand3x3
         self.squeeze = nn.Conv2d(in_channels, squeeze, kernel_size=1)
+        self.squeeze_norm = nn.BatchNorm2d(squeeze) if squeeze_norm else None
         self.squeeze_activation = nn.ReLU(inplace=True)
         # A zero-width branch (pct3x3 of 0 or 1 in the design-space sweeps) is left out.
         self.expand1x1 = nn.Conv2d(squeeze, expand1x1, kernel_size=1) if expand1x1 else None
@@ -35,7 +38,8 @@ class Fire(nn.Module):
         self.expand3x3_activation = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.squeeze_activation(self.squeeze(x))
+        s = self.squeeze(x)
+        s = self.squeeze_activation(self.squeeze_norm(s) if self.squeeze_norm is not None else s)
         branches = []
         if self.expand1x1 is not None:
             branches.append(self.expand1x1_activation(self.expand1x1(s)))

@@ -11,6 +11,9 @@ defaults rebuild v1.0 exactly. stem="fmnist" sizes the network for 28x28 input w
 proportions: on 224x224, Fire 2-4 see 55x55 (1/4 of the side) and Fire 5-8 27x27 (1/8). Here
 conv1 is 3x3/2 (padding 1), 28 -> 14, and two 3x3/2 poolings give Fire 2-4 7x7 and Fire 5-9 3x3;
 v1.0's last pooling (to 1/16) is left out, as it would leave Fire 9's 3x3 filters a 1x1 map.
+
+squeeze_norm=True adds batch norm after each squeeze convolution (`Fire`): outside the paper's
+family (which has no batch norm), the labelled variant of the headline search (issue 9).
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def fire_sizes(base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5, freq: 
 class SqueezeNetDesign(SqueezeNetBase):
     def __init__(self, base_e: int = 128, incr_e: int = 128, pct3x3: float = 0.5, freq: int = 2,
                  sr: float = 0.125, num_classes: int = 10, in_channels: int = 1, stem: str = "fmnist",
-                 bypass: str = "none", dropout: float = 0.5, conv1_filters: int = 96) -> None:
+                 bypass: str = "none", dropout: float = 0.5, conv1_filters: int = 96,
+                 squeeze_norm: bool = False) -> None:
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; use one of {sorted(STEMS)}")
         (kernel, stride, padding), pools = STEMS[stem]
@@ -60,7 +64,7 @@ class SqueezeNetDesign(SqueezeNetBase):
         for i, (s, e1, e3) in enumerate(fire_sizes(base_e, incr_e, pct3x3, freq, sr)):
             if i in pools:
                 layers.append((POOL_NAMES[i], nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)))
-            layers.append((f"fire{i + 2}", with_bypass(Fire(channels, s, e1, e3), bypass)))
+            layers.append((f"fire{i + 2}", with_bypass(Fire(channels, s, e1, e3, squeeze_norm), bypass)))
             channels = e1 + e3
         super().__init__(nn.Sequential(OrderedDict(layers)), channels, num_classes, dropout)
         self.metaparameters = {"base_e": base_e, "incr_e": incr_e, "pct3x3": pct3x3,
