@@ -35,8 +35,7 @@ def test_ctrl_c_stops_the_smoke_batch_and_leaves_no_process():
         descendants = batch.children(recursive=True)  # workers and their kernels
         assert any("ipykernel" in " ".join(p.cmdline()) for p in descendants if p.is_running())
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
-        # a guard against hanging, not a timing assertion: a loaded machine took over 180 s
-        assert proc.wait(timeout=600) == 130, "\n".join(lines)
+        assert proc.wait(timeout=180) == 130, "\n".join(lines)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
