@@ -101,10 +101,16 @@ def child_env() -> dict:
             "PYTHONPATH": os.pathsep.join([str(LIB), os.environ.get("PYTHONPATH", "")])}
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT as a terminal delivers it. A shell that starts the tests
+    in the background (`... &`) leaves SIGINT ignored, which children inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_wait_for_checkpoint(cmd: list[str], run_dir: Path) -> subprocess.Popen:
     """Start training and return once its first checkpoint exists: it is then in epoch 2."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
-                            text=True)
+                            text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 300  # a guard against hanging, not a timing assertion
     while not (run_dir / rundir.CHECKPOINT).exists():
         if proc.poll() is not None:
