@@ -161,7 +161,11 @@ def test_sigint_exits_130_and_says_how_to_resume(fashion_mnist, tmp_path):
     # many epochs: however slow this process is to react, the signal lands before the end
     proc = start_and_wait_for_checkpoint(train_command(run_dir, fashion_mnist.source, epochs=50), run_dir)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=300)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # never leave a training process behind a failed test
+            proc.kill()
     assert proc.returncode == 130, f"exit {proc.returncode}: {stderr}"
     assert "Traceback" not in stderr
     assert f"saved in {run_dir}" in stderr and "continue with resume=True (command line: --resume)" in stderr
