@@ -268,8 +268,7 @@ def speed_table(runs: pd.DataFrame) -> str:
                      "its rounds": f"{min(default['repeats']):,.0f}-{max(default['repeats']):,.0f}",
                      "x naive": f"{default['ratio_vs_naive']:.2f}",
                      "% of fp32 peak": f"{100 * default['fraction_of_peak']:.0f}",
-                     "default": f"{s['precision']}, channels_last {'on' if s['channels_last'] else 'off'}, "
-                                f"micro-batch {s['micro_batch'] or 'off'}, {s['threads']} threads",
+                     "default": tune.Choice(**{k: s[k] for k in tune.SETTINGS}).label(),
                      "fastest other setting": f"{verdict['best']}: {verdict['best_images_per_s']:,.0f}"
                      if verdict["best"] != "default" else "none",
                      "default within 5%": verdict["within_5_percent"] if verdict["within_5_percent"] == "yes"
