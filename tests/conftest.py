@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import struct
 import tempfile
 from pathlib import Path
@@ -11,6 +12,15 @@ import pytest
 
 # Tests must not see this machine's tuning cache (squeezestudy tune): fit's defaults stay static.
 os.environ["SQUEEZESTUDY_TUNING"] = str(Path(tempfile.mkdtemp(prefix="squeezestudy-tests-")) / "tuning.json")
+
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child the tests interrupt: SIGINT at its default, as a terminal delivers
+    it. A shell that starts the tests in the background (`... &`) leaves SIGINT ignored, which
+    children inherit, and the interrupted child would then never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 SHARED_COPY = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 

@@ -12,15 +12,15 @@ import threading
 import psutil
 from squeezestudy.batch import REPO_ROOT, check, load_manifest
 
+from .conftest import default_sigint
+
 
 def test_ctrl_c_stops_the_smoke_batch_and_leaves_no_process():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "lib"), "MPLBACKEND": "Agg"}
     proc = subprocess.Popen([sys.executable, "-m", "squeezestudy.cli", "batch", "--profile", "smoke",
                              "--jobs", "2", "--force"], cwd=REPO_ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            # SIGINT as a terminal delivers it, even if this process inherited it
-                            # ignored (tests started in the background by a shell)
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=default_sigint)
     lines: list[str] = []
     first_done = threading.Event()
 

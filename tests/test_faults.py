@@ -29,7 +29,7 @@ from squeezestudy.train import (
     fit_or_load,
 )
 
-from .conftest import write_idx
+from .conftest import default_sigint, write_idx
 
 LIB = Path(__file__).resolve().parents[1] / "lib"
 FAST = {"model": "lenet", "batch_size": 100, "device": "cpu", "precision": "fp32", "epochs": 2}
@@ -99,12 +99,6 @@ def child_env() -> dict:
     # same reduction order, so the same bits).
     return {**os.environ, "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join([str(LIB), os.environ.get("PYTHONPATH", "")])}
-
-
-def default_sigint() -> None:
-    """In the child before exec: SIGINT as a terminal delivers it. A shell that starts the tests
-    in the background (`... &`) leaves SIGINT ignored, which children inherit."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_and_wait_for_checkpoint(cmd: list[str], run_dir: Path) -> subprocess.Popen:
