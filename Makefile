@@ -28,11 +28,12 @@ study: env
 lint: env
 	$(PY) -m ruff check .
 
-# Library tests, then every notebook under nbval, smoke-sized (SQUEEZESTUDY_SMOKE=1).
+# Library tests, then every notebook under nbval, smoke-sized (SQUEEZESTUDY_SMOKE=1); each
+# lists its 10 slowest steps, to see where CI's minutes go.
 test: lint
 	$(PY) -m squeezestudy.cli report --check
-	$(PY) -m pytest
-	SQUEEZESTUDY_SMOKE=1 $(PY) -m pytest $(NBVAL) notebooks/
+	$(PY) -m pytest --durations=10
+	SQUEEZESTUDY_SMOKE=1 $(PY) -m pytest --durations=10 $(NBVAL) notebooks/
 
 # The venv's own python3 kernel (absolute path to .venv/bin/python), so the notebooks
 # run with the squeezestudy package whatever `python` is first on the PATH.

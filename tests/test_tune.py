@@ -192,6 +192,7 @@ def test_batch_norm_models_train_on_whole_batches(cache):
     config = TrainConfig(model="squeezenet_design", model_kwargs={"squeeze_norm": True})
     write_entry(cache, config, tune.Choice("fp32", True, 128, 2))  # a choice for the model without it
     assert train.resolve_defaults(config, CPU).micro_batch == 0
-    with pytest.raises(ValueError, match="micro_batch=64 with squeeze_norm"):
+    with pytest.raises(ValueError, match="micro_batch=64 with batch norm in the model"):
         train.resolve_defaults(dataclasses.replace(config, micro_batch=64), CPU)
     assert train.resolve_defaults(dataclasses.replace(config, model_kwargs={}), CPU).micro_batch == 128
+    assert train.has_batch_statistics(config) and not train.has_batch_statistics(TrainConfig(model="lenet"))
