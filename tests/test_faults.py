@@ -162,7 +162,9 @@ def test_sigint_exits_130_and_says_how_to_resume(fashion_mnist, tmp_path):
             proc.kill()
     assert proc.returncode == 130, f"exit {proc.returncode}: {stderr}"
     assert "Traceback" not in stderr
-    assert f"saved in {run_dir}" in stderr and "continue with resume=True (command line: --resume)" in stderr
+    assert f"saved in {run_dir}" in stderr
+    assert ("continue with resume=True (command line: --resume; notebook 05 or the batch: run it "
+            "again)") in stderr
     assert not (run_dir / rundir.METRICS).exists()
 
 

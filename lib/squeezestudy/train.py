@@ -44,7 +44,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
 REPO_ROOT, RUNS_DIR = paths.REPO_ROOT, paths.RUNS_DIR  # also importable from here
 MAX_SEED = 2**32  # seeds are mixed with the epoch as seed * 100_003 + epoch
-RESUME_HINT = "resume=True (command line: --resume)"
+RESUME_HINT = "resume=True (command line: --resume; notebook 05 or the batch: run it again)"
 FORCE_HINT = "force=True (command line: --force)"
 
 __all__ = ["TrainConfig", "RunResult", "fit", "fit_or_load", "load_run", "load_predictions",
