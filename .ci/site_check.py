@@ -1,9 +1,10 @@
 """Open the rendered site (`make site`, in _build/html) in headless Chromium the way a reader does:
 serve it locally, crawl every internal link from the landing page, and on every page check that
 it loads (its title, no script error, no failed or off-machine request), that every image has
-loaded (naturalWidth > 0), and that every internal link leads to a page or file that exists (and
-to an element with that id, for a #fragment). The sidebar must list the toc of myst.yml in order.
-A screenshot of the landing page is kept as _build/site-landing.png (a CI artifact).
+loaded (naturalWidth > 0) and the article shows at least as many as its source has (a notebook's
+image outputs, README's markdown images), and that every internal link leads to a page or file
+that exists (and to an element with that id, for a #fragment). The sidebar must list the toc of
+myst.yml in order. A screenshot of the landing page is kept as _build/site-landing.png (a CI artifact).
 
     .venv/bin/python .ci/site_check.py [SITE_DIR]       (default: _build/html)
     .venv/bin/python .ci/site_check.py --serve          (only serve it, to read it in a browser)
@@ -24,6 +25,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urldefrag, urlsplit
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cdp import Browser, CDPError  # noqa: E402
@@ -84,6 +87,25 @@ def expected_toc(site: Path) -> list[str]:
     """The pages' links in the order of myst.yml's toc (as MyST resolved it into config.json)."""
     project = json.loads((site / "config.json").read_text())["projects"][0]
     return ["/"] + [f"/{page['slug']}" for page in project["pages"] if page.get("slug")]
+
+
+def expected_figures(site: Path) -> dict[str, int]:
+    """Each page's least number of images, from its source (myst.yml's toc, in the order of the
+    site's pages): a notebook's image outputs, README's markdown images. A page that renders
+    fewer lost a figure, even when every image it does show loads."""
+    files = [e["file"] for e in yaml.safe_load((REPO / "myst.yml").read_text())["project"]["toc"]]
+    pages = expected_toc(site)
+    if len(pages) != len(files):  # a site of another toc: the sidebar check reports it
+        return {}
+    counts = {}
+    for path, source in zip(pages, files, strict=True):
+        text = (REPO / source).read_text()
+        if source.endswith(".ipynb"):
+            outputs = [o for c in json.loads(text)["cells"] for o in c.get("outputs", [])]
+            counts[path] = sum(any(k.startswith("image/") for k in o.get("data", {})) for o in outputs)
+        else:
+            counts[path] = text.count("![")
+    return counts
 
 
 def is_page(path: str) -> bool:
@@ -207,6 +229,11 @@ def check(site: Path) -> int:
     missing = [p for p in toc if p not in pages]
     if missing:
         problems.append(f"pages of the toc never reached by a link: {missing}")
+
+    for path, least in expected_figures(site).items():
+        if path in pages and pages[path]["figures"] < least:
+            problems.append(f"{path}: {pages[path]['figures']} images in the article, its source "
+                            f"has {least}")
 
     figures = sum(i["figures"] for i in pages.values())
     print(f"{len(pages)} pages loaded, {sum(len(i['images']) for i in pages.values())} images "
