@@ -104,3 +104,23 @@ def test_speed_table_reads_the_benchmark_and_its_verdicts(tmp_path, monkeypatch)
     record.unlink()
     with pytest.raises(report.ReportError, match="throughput.json is missing; run `squeezestudy bench"):
         report.speed_table(None)
+
+
+def test_weights_table_counts_files_per_family_and_names_the_ones_not_kept(tmp_path):
+    from squeezestudy.results import collect_runs
+
+    runs, weights_dir = tmp_path / "runs", tmp_path / "weights"
+    weights_dir.mkdir()
+    for seed in range(2):
+        fake_run(runs, f"lenet-s{seed}", "lenet", 0.91, seed)
+        fake_run(runs, f"design-sr0.{seed + 1}-s0", "squeezenet_design", 0.9, 0)
+    (weights_dir / "lenet-s1.pt").write_bytes(b"x" * 1000)
+    (weights_dir / "design-sr0.2-s0.pt").write_bytes(b"x" * 24)
+    big = collect_runs(runs)
+    big.loc[big.model == "lenet", "params"] = train.EXPORT_MAX_BYTES  # 4 bytes each: over the limit
+    lines = report.weights_table(big, weights_dir).splitlines()
+    assert lines[2] == "| `design-sr*-s*` | 100 | 1 of 2 | 24 |"
+    assert lines[3] == "| `lenet-s*` | 8,388,608 | 1 of 2 (over 8 MiB: not kept) | 1,000 |"
+    assert lines[4] == "| **all** |  | **2 of 4** | **1,024** (0.0 MiB) |"
+    small = report.weights_table(collect_runs(runs), weights_dir)
+    assert "not kept" not in small

@@ -13,9 +13,10 @@ import pandas as pd
 
 from . import bench, headline, stats, sweeps, tune
 from .headline import ALEXNET_RUNS, HEADLINE_RUNS
-from .paths import DEPTH_TRAIN_ACCURACY, OUTPUTS, README, RUNS_DIR
+from .paths import DEPTH_TRAIN_ACCURACY, OUTPUTS, README, RUNS_DIR, WEIGHTS_DIR
 from .results import collect_runs, select
 from .summary import size_mb
+from .train import EXPORT_MAX_BYTES, keeps_weights
 
 MARKER = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
 
@@ -278,11 +279,35 @@ def speed_table(runs: pd.DataFrame) -> str:
             f"of {meta['repeats']} rounds.\n\n" + _markdown(pd.DataFrame(rows), "lrrrrrlll"))
 
 
+def _weights_family(run: str) -> str:
+    """`lenet-s1` -> `lenet-s*`; a design sweep's runs share one row (`design-sr*-s*`)."""
+    return re.sub(r"^design-(sr|pct)[\d.]+-", r"design-\1*-", re.sub(r"-s\d+$", "-s*", run))
+
+
+def weights_table(runs: pd.DataFrame, weights_dir: str | Path = WEIGHTS_DIR) -> str:
+    """Which runs a reader can load without training (weights.load_model), and what their weight
+    files take in git; a run whose weights exceed train.EXPORT_MAX_BYTES has none by design."""
+
+    rows, total_files, total_bytes = [], 0, 0
+    for family, group in runs.groupby(runs.run.map(_weights_family), sort=True):
+        sizes = [f.stat().st_size for f in (Path(weights_dir) / f"{r}.pt" for r in group.run) if f.is_file()]
+        low, high = int(group.params.min()), int(group.params.max())
+        too_big = not keeps_weights(low)
+        rows.append({"runs": f"`{family}`", "parameters": f"{low:,}" if low == high else f"{low:,}-{high:,}",
+                     "weight files": f"{len(sizes)} of {len(group)}"
+                     + (f" (over {EXPORT_MAX_BYTES // 2**20} MiB: not kept)" if too_big else ""),
+                     "bytes": f"{sum(sizes):,}"})
+        total_files, total_bytes = total_files + len(sizes), total_bytes + sum(sizes)
+    rows.append({"runs": "**all**", "parameters": "", "weight files": f"**{total_files} of {len(runs)}**",
+                 "bytes": f"**{total_bytes:,}** ({total_bytes / 2**20:.1f} MiB)"})
+    return _markdown(pd.DataFrame(rows), "lrlr")
+
+
 TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "note": note_table, "sr": sr_table, "pct": pct_table, "bypass": bypass_table,
     "depth": depth_table, "comparisons": comparison_table, "deep_compression": deep_compression_table,
     "headline": headline_table, "headline_compression": headline_compression_table,
-    "tuning": tuning_table, "speed": speed_table,
+    "tuning": tuning_table, "speed": speed_table, "weights": weights_table,
 }
 
 

@@ -709,10 +709,15 @@ def fit_or_load(config: TrainConfig, out_dir: str | Path, force: bool = False, q
 EXPORT_MAX_BYTES = 8 * 2**20  # final weights up to this size are kept for readers (not AlexNet's)
 
 
+def keeps_weights(params: int) -> bool:
+    """Whether a run's final weights (fp32: 4 bytes a parameter) are small enough to commit."""
+    return 4 * params <= EXPORT_MAX_BYTES
+
+
 def _export_weights(out_dir: Path, metrics: dict, quiet: bool) -> None:
     """A study run (under outputs/runs) small enough to commit gets its final weights in
     outputs/weights/<run>.pt, so that a reader can load it without training (weights.load_model)."""
-    if out_dir.resolve().parent != RUNS_DIR.resolve() or 4 * metrics["params"] > EXPORT_MAX_BYTES:
+    if out_dir.resolve().parent != RUNS_DIR.resolve() or not keeps_weights(metrics["params"]):
         return
     from . import weights
 
