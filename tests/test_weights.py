@@ -26,6 +26,16 @@ def test_the_small_models_of_the_note_are_committed():
     assert {"lenet-s0", "squeezenet_fmnist-s0"} <= set(weights.available())
 
 
+def test_every_finished_run_under_the_size_limit_has_its_weights():
+    from squeezestudy.results import collect_runs
+    from squeezestudy.train import keeps_weights
+
+    runs = collect_runs(RUNS_DIR)
+    small = set(runs.run[runs.params.map(keeps_weights)])
+    assert small and not small - set(weights.available()), sorted(small - set(weights.available()))
+    assert set(weights.available()) <= set(runs.run)  # no weight file without its run
+
+
 def test_every_weight_file_is_a_plain_fp32_state_dict():
     for run in weights.available():
         state = torch.load(weights.path(run), map_location="cpu", weights_only=True)
