@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from squeezestudy import report, train
+from squeezestudy import headline, report, train
 
 
 def fake_run(runs_dir, name, model, test_acc, seed, **model_kwargs):
@@ -124,3 +124,27 @@ def test_weights_table_counts_files_per_family_and_names_the_ones_not_kept(tmp_p
     assert lines[4] == "| **all** |  | **2 of 4** | **1,024** (0.0 MiB) |"
     small = report.weights_table(collect_runs(runs), weights_dir)
     assert "not kept" not in small
+
+
+def test_headline_table_adds_each_variant_once_a_seed_has_finished(tmp_path):
+    from squeezestudy.results import collect_runs
+
+    runs = tmp_path / "runs"
+    for seed in range(3):
+        fake_run(runs, f"headline-b96-s{seed}", "squeezenet_design", 0.915, seed)
+        fake_run(runs, f"depth-fire8-s{seed}", "squeezenet_design", 0.915, seed)
+        fake_run(runs, f"squeezenet_fmnist-s{seed}", "squeezenet_fmnist", 0.91, seed)
+    for seed in range(2):
+        fake_run(runs, f"alexnet-s{seed}", "alexnet", 0.935, seed)
+
+    def table():
+        found = collect_runs(runs)
+        found.loc[found.model == "alexnet", "params"] = 24_744_650
+        return report.headline_table(found)
+
+    variant = report.HEADLINE_VARIANTS[headline.BATCH_NORM_RUNS]
+    assert variant not in table()
+    fake_run(runs, "headline-bn-s0", "squeezenet_design", 0.925, 0, squeeze_norm=True)
+    lines = table().splitlines()
+    assert lines[3].startswith(f"| {variant} | 100 | yes | 1 | **92.50** | no |")
+    assert report.HEADLINE_VARIANTS[headline.REGULARISED_RUNS] not in "".join(lines)

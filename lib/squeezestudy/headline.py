@@ -17,6 +17,7 @@ FILE_RATIO = 500  # the issue's Deep Compression goal: >= 500x smaller than Alex
 TARGET_ACC = 0.930  # AlexNet-112's level (its mean of 93.56% less its seed spread, rounded down)
 ALEXNET_RUNS = r"alexnet-s\d+"
 HEADLINE_RUNS = r"headline-b96-s\d+"  # the three seeds of the headline recipe
+REGULARISED_RUNS = r"headline-b96aug-s\d+"  # the same network, AlexNet-112's regularisation
 BATCH_NORM_RUNS = r"headline-bn-s\d+"  # the labelled variant: batch norm after each squeeze
 # The recipes tried on the headline network, each by its seed-0 run: judged on validation only.
 RECIPES = {
