@@ -48,7 +48,7 @@ def test_verdicts_follow_the_evidence(tmp_path):
                               headline.seeds(headline.ALEXNET_RUNS, runs), 494_893)
     assert lines[0].startswith("parameters: 411,322 of a budget of 494,893") and "within it" in lines[0]
     assert "target 93.0%: mean not reached" in lines[1]
-    assert "distinguishable from zero" in lines[2] and lines[2].startswith("headline − 93.0%")
+    assert "distinguishable from zero" in lines[2] and lines[2].startswith("headline SqueezeNet − 93.0%")
     assert "lower than AlexNet-112" in lines[3]
 
 
@@ -75,6 +75,10 @@ def test_recipe_trials_judge_on_validation_and_skip_unfinished_recipes():
     # the test accuracy favours the first recipe; the choice follows validation
     choice = headline.recipe_choice(trials)
     assert "prefers the regularised" in choice and "by 1.00 points" in choice
+    assert headline.chosen_runs(trials) == headline.REGULARISED_RUNS
     only_first = headline.recipe_trials(runs[runs.run == first], histories)
     assert only_first.run.tolist() == [first]
     assert "nothing to choose" in headline.recipe_choice(only_first)
+    assert headline.chosen_runs(only_first) == headline.HEADLINE_RUNS
+    with pytest.raises(ValueError, match="no recipe has finished"):
+        headline.chosen_runs(only_first.iloc[:0])

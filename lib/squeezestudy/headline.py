@@ -77,8 +77,10 @@ def seeds(pattern: str, runs: pd.DataFrame) -> pd.DataFrame:
                    "device_name"]].reset_index(drop=True)
 
 
-def verdicts(headline: pd.DataFrame, alexnet: pd.DataFrame, budget: int) -> list[str]:
-    """The headline's claims, each no stronger than its evidence."""
+def verdicts(headline: pd.DataFrame, alexnet: pd.DataFrame, budget: int,
+             label: str = "headline SqueezeNet") -> list[str]:
+    """The headline's claims for the seeds of one setting (`label`), each no stronger than its
+    evidence."""
     params = int(headline.params.iloc[0])
     mean = headline.test_acc.mean()
     lines = [f"parameters: {params:,} of a budget of {budget:,} (1/{PARAMETER_RATIO} of AlexNet-112): "
@@ -88,9 +90,8 @@ def verdicts(headline: pd.DataFrame, alexnet: pd.DataFrame, budget: int) -> list
              f"target {TARGET_ACC:.1%}: mean {'reached' if mean >= TARGET_ACC else 'not reached'}"
              + ("" if len(headline) >= 3 else f" (only {len(headline)} seed(s) of 3)")]
     if len(headline) > 1:  # how sure: the interval of (mean - target)
-        lines.append(stats.paired(headline.test_acc - TARGET_ACC, f"headline − {TARGET_ACC:.1%}").verdict())
-    lines.append(stats.welch(headline.test_acc, alexnet.test_acc, "headline SqueezeNet",
-                             "AlexNet-112").verdict())
+        lines.append(stats.paired(headline.test_acc - TARGET_ACC, f"{label} − {TARGET_ACC:.1%}").verdict())
+    lines.append(stats.welch(headline.test_acc, alexnet.test_acc, label, "AlexNet-112").verdict())
     return lines
 
 
@@ -110,6 +111,14 @@ def recipe_trials(runs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
                      "val_loss_rise": turn.val_loss_last / turn.val_loss_min - 1,
                      "train_acc": row.train_acc.item(), "test_acc": row.test_acc.item()})
     return pd.DataFrame(rows)
+
+
+def chosen_runs(trials: pd.DataFrame) -> str:
+    """The pattern of every seed of the recipe that validation prefers (the only one, if one has
+    finished): the headline's claim is judged on those seeds."""
+    if trials.empty:
+        raise ValueError("no recipe has finished: train profile `headline` first")
+    return setting_name(trials.loc[trials.val_acc.idxmax(), "run"]) + r"-s\d+"
 
 
 def recipe_choice(trials: pd.DataFrame) -> str:
