@@ -148,6 +148,7 @@ COMPARISONS = [
     ("headline, regularised recipe", headline.REGULARISED_RUNS, "plain recipe", HEADLINE_RUNS),
     ("headline, regularised recipe", headline.REGULARISED_RUNS, "AlexNet-112", ALEXNET_RUNS),
     ("headline, regularised recipe", headline.REGULARISED_RUNS, "LeNet", r"lenet-s\d+"),
+    ("batch-norm variant", headline.BATCH_NORM_RUNS, "regularised recipe", headline.REGULARISED_RUNS),
 ]
 
 
@@ -296,13 +297,12 @@ def speed_table(runs: pd.DataFrame) -> str:
 
 def _weights_family(run: str) -> str:
     """`lenet-s1` -> `lenet-s*`; a design sweep's runs share one row (`design-sr*-s*`)."""
-    return re.sub(r"^design-(sr|pct)[\d.]+-", r"design-\1*-", re.sub(r"-s\d+$", "-s*", run))
+    return re.sub(r"^design-(sr|pct)[\d.]+$", r"design-\1*", headline.setting_name(run)) + "-s*"
 
 
 def weights_table(runs: pd.DataFrame, weights_dir: str | Path = WEIGHTS_DIR) -> str:
     """Which runs a reader can load without training (weights.load_model), and what their weight
     files take in git; a run whose weights exceed train.EXPORT_MAX_BYTES has none by design."""
-
     rows, total_files, total_bytes = [], 0, 0
     for family, group in runs.groupby(runs.run.map(_weights_family), sort=True):
         sizes = [f.stat().st_size for f in (Path(weights_dir) / f"{r}.pt" for r in group.run) if f.is_file()]
