@@ -1,6 +1,7 @@
 """The headline's targets, study points and verdicts, on fake runs."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -61,7 +62,7 @@ def test_one_seed_says_so(tmp_path):
 
 
 def test_recipe_trials_judge_on_validation_and_skip_unfinished_recipes():
-    first, second = headline.RECIPES.values()
+    first, second = headline.TRIAL_RUNS[:2]
     runs = pd.DataFrame({"run": [first, second], "val_acc": [0.90, 0.91], "train_acc": [0.99, 0.93],
                          "test_acc": [0.92, 0.905]})
     histories = pd.DataFrame({"run": [first] * 3 + [second] * 3, "epoch": [1, 2, 3] * 2,
@@ -82,3 +83,18 @@ def test_recipe_trials_judge_on_validation_and_skip_unfinished_recipes():
     assert headline.chosen_runs(only_first) == headline.HEADLINE_RUNS
     with pytest.raises(ValueError, match="no recipe has finished"):
         headline.chosen_runs(only_first.iloc[:0])
+
+
+def test_seed_run_names_one_seed_of_a_pattern():
+    assert headline.seed_run(headline.REGULARISED_RUNS) == "headline-b96aug-s0"
+    assert headline.seed_run(headline.REGULARISED_60_RUNS, 2) == "headline-b96aug60-s2"
+    assert re.fullmatch(headline.REGULARISED_60_RUNS, headline.seed_run(headline.REGULARISED_60_RUNS))
+    assert not re.fullmatch(headline.REGULARISED_RUNS, headline.seed_run(headline.REGULARISED_60_RUNS))
+
+
+def test_every_recipe_tried_is_in_the_manifest_with_three_seeds():
+    from squeezestudy.batch import expand, load_manifest
+
+    names = {run.name for run in expand(load_manifest(), "headline")}
+    for pattern in (*headline.RECIPES, headline.BATCH_NORM_RUNS):
+        assert {headline.seed_run(pattern, seed) for seed in range(3)} <= names, pattern

@@ -10,6 +10,7 @@ import pandas as pd
 
 from . import stats
 from .results import loss_turn, select
+from .summary import weight_bytes
 
 PARAMETER_RATIO = 50  # the paper: AlexNet-level accuracy with 50x fewer parameters
 SIZE_LIMIT_BYTES = 500_000  # the paper's title: < 0.5 MB
@@ -18,13 +19,23 @@ TARGET_ACC = 0.930  # AlexNet-112's level (its mean of 93.56% less its seed spre
 ALEXNET_RUNS = r"alexnet-s\d+"
 HEADLINE_RUNS = r"headline-b96-s\d+"  # the three seeds of the headline recipe
 REGULARISED_RUNS = r"headline-b96aug-s\d+"  # the same network, AlexNet-112's regularisation
+REGULARISED_60_RUNS = r"headline-b96aug60-s\d+"  # the regularised recipe, 60 epochs
 BATCH_NORM_RUNS = r"headline-bn-s\d+"  # the labelled variant: batch norm after each squeeze
-# The recipes tried on the headline network, each by its seed-0 run: judged on validation only.
+# The recipes tried on the headline network, in the order tried (the pattern of their seeds: the
+# runs of profile `headline`); each is judged on validation by its seed-0 run.
 RECIPES = {
-    "plain (no augmentation, no label smoothing)": "headline-b96-s0",
-    "regularised (augmentation, label smoothing 0.1)": "headline-b96aug-s0",
+    HEADLINE_RUNS: "plain (no augmentation, no label smoothing)",
+    REGULARISED_RUNS: "regularised (augmentation, label smoothing 0.1)",
+    REGULARISED_60_RUNS: "60-epoch regularised (as above, the one-cycle schedule over 60 epochs)",
 }
-BYTES_PER_PARAMETER = 4  # fp32
+
+
+def seed_run(pattern: str, seed: int = 0) -> str:
+    """The run of one seed of a setting given as the pattern of its seeds (`...-s\\d+`)."""
+    return pattern.removesuffix(r"-s\d+") + f"-s{seed}"
+
+
+TRIAL_RUNS = tuple(seed_run(pattern) for pattern in RECIPES)  # the runs the choice looks at
 
 # Families of the study's run names, for the figure's legend (first match wins).
 FAMILIES = (
@@ -59,7 +70,7 @@ def study_points(runs: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame({
         "family": [family(s) for s in test.index],
         "params": grouped.params.first(),
-        "fp32_bytes": grouped.params.first() * BYTES_PER_PARAMETER,
+        "fp32_bytes": grouped.params.first().map(weight_bytes),
         "seeds": test["n"], "test_acc_mean": test["mean"], "test_acc_std": test["std"],
         "val_acc_mean": stats.aggregate(runs, "setting", "val_acc")["mean"],
     })
@@ -100,7 +111,8 @@ def recipe_trials(runs: pd.DataFrame, histories: pd.DataFrame) -> pd.DataFrame:
     epoch of the lowest validation loss and how far it rose by the end, training accuracy; and
     test accuracy, shown but not used for the choice."""
     rows = []
-    for recipe, run in RECIPES.items():
+    for pattern, recipe in RECIPES.items():
+        run = seed_run(pattern)
         row = runs[runs.run == run]
         if row.empty:
             continue

@@ -38,7 +38,7 @@ from .device import (
 from .evaluate import evaluate, predict
 from .models import build, spec
 from .rundir import CHECKPOINT, PREDICTIONS, ResultFileError, RunExistsError
-from .summary import count_parameters
+from .summary import count_parameters, weight_bytes
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -710,8 +710,8 @@ EXPORT_MAX_BYTES = 8 * 2**20  # final weights up to this size are kept for reade
 
 
 def keeps_weights(params: int) -> bool:
-    """Whether a run's final weights (fp32: 4 bytes a parameter) are small enough to commit."""
-    return 4 * params <= EXPORT_MAX_BYTES
+    """Whether a run's final weights (fp32) are small enough to commit."""
+    return weight_bytes(params) <= EXPORT_MAX_BYTES
 
 
 def _export_weights(out_dir: Path, metrics: dict, quiet: bool) -> None:
