@@ -109,3 +109,43 @@ def test_choose_takes_the_smallest_file_within_half_a_validation_point(tmp_path)
     assert isinstance(chosen, pd.DataFrame)
     with pytest.raises(FileNotFoundError, match="run scripts/deep_compression_grid.sh"):
         dc.records(tmp_path, "missing")
+
+
+def test_compress_run_retrains_with_the_models_recipe_and_records_it(tmp_path):
+    """The whole run on a few real images: the file read back is the recorded model, and the
+    retraining's augmentation and label smoothing are in the record."""
+    import json
+    from pathlib import Path
+
+    from squeezestudy import data
+
+    full = data.load()
+    small = data.FashionMNIST(full.train.subset(512), full.val.subset(200), full.test.subset(200), Path("."))
+    torch.manual_seed(0)
+    weights = tmp_path / "net.pt"
+    torch.save(build(ARCH["model"], **ARCH["kwargs"]).state_dict(), weights)
+    record = dc.compress_run(weights, ARCH["model"], {}, 0.5, 6, tmp_path / "out", prune_epochs=1,
+                             share_epochs=1, augment=True, label_smoothing=0.1, dataset=small,
+                             log=lambda _: None)
+    assert record["augment"] is True and record["label_smoothing"] == 0.1
+    assert json.loads((tmp_path / "out" / "net-dc-d0.5-6bit.json").read_text()) == record
+    assert record["file_bytes"] == (tmp_path / "out" / "net-dc-d0.5-6bit.sqdc").stat().st_size
+    layers = len(dc.weight_names(build(ARCH["model"], **ARCH["kwargs"])))
+    assert record["kept"] == pytest.approx(record["weights"] / 2, abs=layers)
+    table = dc.records(tmp_path / "out", "net")
+    assert table.name.tolist() == ["net-dc-d0.5-6bit"] and table.val_change.notna().all()
+
+
+def test_retraining_follows_the_label_smoothing_it_is_given():
+    from squeezestudy import data
+
+    full = data.load()
+    batches = data.Batches(full.train.subset(256), 64, mean=0.29, std=0.35, shuffle=True, drop_last=True)
+    trained = []
+    for smoothing in (0.0, 0.1, 0.0):
+        torch.manual_seed(0)
+        model = build(ARCH["model"], **ARCH["kwargs"])
+        dc.retrain(model, batches, 1, 1e-3, label_smoothing=smoothing)
+        trained.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(trained[0], trained[2])  # deterministic, so the difference below is the loss's
+    assert not torch.equal(trained[0], trained[1])

@@ -120,10 +120,11 @@ def write_shared(model: nn.Module, shared: dict[str, SharedLayer]) -> None:
 
 def retrain(model: nn.Module, batches: Batches, epochs: int, lr: float,
             masks: dict[str, torch.Tensor] | None = None, shared: dict[str, SharedLayer] | None = None,
-            seed: int = 0, log: Callable[[str], None] = lambda _: None) -> None:
+            seed: int = 0, label_smoothing: float = 0.0, log: Callable[[str], None] = lambda _: None) -> None:
     """AdamW at a constant `lr` (no weight decay: it would pull pruned zeros' neighbours around).
     With `masks`: pruned weights get no update and stay zero. With `shared`: the shared values
-    are trained instead of the weights; biases train as usual in both cases."""
+    are trained instead of the weights; biases train as usual in both cases. The model's own
+    recipe carries over through `batches` (augmentation) and `label_smoothing`."""
     params = dict(model.named_parameters())
     trained = [p for n, p in params.items() if not (shared and n in shared)]
     centroids = []
@@ -138,7 +139,7 @@ def retrain(model: nn.Module, batches: Batches, epochs: int, lr: float,
         torch.manual_seed(seed * 1000 + epoch)
         for x, y in batches:
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
             loss.backward()
             if masks:
                 for name, mask in masks.items():
@@ -270,23 +271,26 @@ def storage(shared: dict[str, SharedLayer], model: nn.Module) -> dict:
 
 
 def compress(model: nn.Module, train: Batches, density: float, bits: int, prune_epochs: int = 2,
-             share_epochs: int = 1, lr: float = 1e-4, seed: int = 0,
+             share_epochs: int = 1, lr: float = 1e-4, seed: int = 0, label_smoothing: float = 0.0,
              log: Callable[[str], None] = lambda _: None) -> dict[str, SharedLayer]:
     """The three stages on `model` (changed in place): prune to `density` and retrain, share
     weights in 2^bits clusters per layer and retrain the shared values. Returns what `save` stores."""
     masks = magnitude_masks(model, density)
     apply_masks(model, masks)
-    retrain(model, train, prune_epochs, lr, masks=masks, seed=seed, log=log)
+    retrain(model, train, prune_epochs, lr, masks=masks, seed=seed, label_smoothing=label_smoothing, log=log)
     shared = share_weights(model, masks, bits)
-    retrain(model, train, share_epochs, lr, masks=masks, shared=shared, seed=seed + 1, log=log)
+    retrain(model, train, share_epochs, lr, masks=masks, shared=shared, seed=seed + 1,
+            label_smoothing=label_smoothing, log=log)
     return shared
 
 
 def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: float, bits: int,
                  out_dir: str | Path, prune_epochs: int = 2, share_epochs: int = 1, lr: float = 1e-4,
-                 seed: int = 0, dataset=None, log: Callable[[str], None] = print) -> dict:
+                 seed: int = 0, augment: bool = False, label_smoothing: float = 0.0, dataset=None,
+                 log: Callable[[str], None] = print) -> dict:
     """Deep-compress a trained model's fp32 state dict (`weights`) and record, from the file read
-    back: its size, and validation and test accuracy. Writes `<name>.sqdc` and `<name>.json`."""
+    back: its size, and validation and test accuracy. Writes `<name>.sqdc` and `<name>.json`.
+    `augment` and `label_smoothing`: the retraining uses the model's own recipe's."""
     from . import data as fmnist
     from .evaluate import evaluate
     from .models import build
@@ -295,7 +299,8 @@ def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: f
     mean, std = dataset.mean_std()
 
     def batches(split, train):
-        return Batches(split, 256 if train else 1000, mean=mean, std=std, shuffle=train, drop_last=train)
+        return Batches(split, 256 if train else 1000, mean=mean, std=std, shuffle=train, drop_last=train,
+                       augment=train and augment)
 
     kwargs = {"num_classes": fmnist.NUM_CLASSES, "in_channels": 1, **model_kwargs}
     net = build(model, **kwargs)
@@ -303,7 +308,7 @@ def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: f
     before = {"val_acc": evaluate(net, batches(dataset.val, False))[1],
               "test_acc": evaluate(net, batches(dataset.test, False))[1]}
     shared = compress(net, batches(dataset.train, True), density, bits, prune_epochs, share_epochs, lr,
-                      seed, log)
+                      seed, label_smoothing, log)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"{Path(weights).stem.removesuffix('-fp32')}-dc-d{density:g}-{bits}bit"
@@ -311,6 +316,7 @@ def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: f
     loaded = load(out_dir / f"{name}.sqdc")
     record = {"name": name, "source": str(weights), "model": model, "density": density, "bits": bits,
               "prune_epochs": prune_epochs, "share_epochs": share_epochs, "lr": lr, "seed": seed,
+              "augment": augment, "label_smoothing": label_smoothing,
               "file_bytes": size, "uncompressed": before,
               "val_acc": evaluate(loaded, batches(dataset.val, False))[1],
               "test_acc": evaluate(loaded, batches(dataset.test, False))[1], **storage(shared, net)}
