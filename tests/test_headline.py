@@ -98,3 +98,13 @@ def test_every_recipe_tried_is_in_the_manifest_with_three_seeds():
     names = {run.name for run in expand(load_manifest(), "headline")}
     for pattern in (*headline.RECIPES, headline.BATCH_NORM_RUNS):
         assert {headline.seed_run(pattern, seed) for seed in range(3)} <= names, pattern
+
+
+def test_the_chosen_recipe_is_tested_against_every_other_recipe_with_seeds():
+    runs = pd.DataFrame({"run": ["headline-b96-s0", "headline-b96-s1", "headline-b96aug-s0",
+                                 "headline-b96aug-s1", "headline-b96aug-s2", "headline-b96aug60-s0"],
+                         "test_acc": [0.915, 0.917, 0.92, 0.922, 0.921, 0.93]})
+    found = headline.recipe_comparisons(headline.REGULARISED_RUNS, runs)
+    assert [(c.label_a, c.label_b) for c in found] == [("chosen (regularised recipe)", "plain recipe")]
+    assert found[0].n_a == 3 and found[0].n_b == 2 and found[0].diff == pytest.approx(0.005)
+    assert headline.recipe_label(headline.REGULARISED_60_RUNS) == "60-epoch regularised recipe"

@@ -133,6 +133,20 @@ def chosen_runs(trials: pd.DataFrame) -> str:
     return setting_name(trials.loc[trials.val_acc.idxmax(), "run"]) + r"-s\d+"
 
 
+def recipe_label(pattern: str) -> str:
+    """A recipe's short name: `plain recipe`, `60-epoch regularised recipe`."""
+    return RECIPES[pattern].split(" (")[0] + " recipe"
+
+
+def recipe_comparisons(chosen: str, runs: pd.DataFrame) -> list[stats.Comparison]:
+    """Welch's test of the chosen recipe's seeds against every other recipe with at least two
+    finished seeds (one seed has no spread to test)."""
+    mine = select(runs, chosen).test_acc
+    return [stats.welch(mine, other.test_acc, f"chosen ({recipe_label(chosen)})", recipe_label(pattern))
+            for pattern in RECIPES
+            if pattern != chosen and len(other := select(runs, pattern)) > 1]
+
+
 def recipe_choice(trials: pd.DataFrame) -> str:
     """The validation rule's pick among the recipes tried (final validation accuracy), worded for
     one seed each."""
