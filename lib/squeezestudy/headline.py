@@ -26,7 +26,7 @@ BATCH_NORM_RUNS = r"headline-bn-s\d+"  # the labelled variant: batch norm after 
 RECIPES = {
     HEADLINE_RUNS: "plain (no augmentation, no label smoothing)",
     REGULARISED_RUNS: "regularised (augmentation, label smoothing 0.1)",
-    REGULARISED_60_RUNS: "60-epoch regularised (as above, the one-cycle schedule over 60 epochs)",
+    REGULARISED_60_RUNS: "60-epoch regularised (augmentation, label smoothing 0.1, 60 epochs)",
 }
 
 

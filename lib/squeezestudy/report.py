@@ -148,6 +148,10 @@ COMPARISONS = [
     ("headline, regularised recipe", headline.REGULARISED_RUNS, "plain recipe", HEADLINE_RUNS),
     ("headline, regularised recipe", headline.REGULARISED_RUNS, "AlexNet-112", ALEXNET_RUNS),
     ("headline, regularised recipe", headline.REGULARISED_RUNS, "LeNet", r"lenet-s\d+"),
+    ("headline, 60-epoch regularised", headline.REGULARISED_60_RUNS, "regularised recipe (30 epochs)",
+     headline.REGULARISED_RUNS),
+    ("headline, 60-epoch regularised", headline.REGULARISED_60_RUNS, "AlexNet-112", ALEXNET_RUNS),
+    ("headline, 60-epoch regularised", headline.REGULARISED_60_RUNS, "LeNet", r"lenet-s\d+"),
     ("batch-norm variant", headline.BATCH_NORM_RUNS, "regularised recipe", headline.REGULARISED_RUNS),
 ]
 
