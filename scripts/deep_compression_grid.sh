@@ -7,6 +7,8 @@
 #   scripts/deep_compression_grid.sh headline    # headline-b96-s0, plain recipe: 2 + 1 epochs
 #   scripts/deep_compression_grid.sh run RUN     # seed 0 of the recipe notebook 12 chose: 4 + 1
 #                                                # epochs, with the run's augmentation and label smoothing
+#   scripts/deep_compression_grid.sh long RUN    # the same run just under the 500x line (47% and 45%
+#                                                # kept, 6-bit) with 12 + 2 epochs of retraining
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
@@ -34,7 +36,11 @@ case "${1:-}" in
        export WEIGHTS=outputs/weights/$2.pt PRUNE_EPOCHS=4; from_run "$2"
        [ -f "$WEIGHTS" ] || $PY -m squeezestudy.weights export "$2"
        lanes=("1.0 8|1.0 6|0.7 6" "0.5 6|0.4 6|0.6 6"); log=$2 ;;
-  *) echo "usage: $0 one-fire|headline|run RUN" >&2; exit 2 ;;
+  long) [ -n "${2:-}" ] || { echo "usage: $0 long RUN (a finished run with weights)" >&2; exit 2; }
+        export WEIGHTS=outputs/weights/$2.pt PRUNE_EPOCHS=12 SHARE_EPOCHS=2; from_run "$2"
+        [ -f "$WEIGHTS" ] || $PY -m squeezestudy.weights export "$2"
+        lanes=("0.47 6" "0.45 6"); log=$2 ;;
+  *) echo "usage: $0 one-fire|headline|run RUN|long RUN" >&2; exit 2 ;;
 esac
 mkdir -p outputs/logs
 log=outputs/logs/deep-compression-$log.log
