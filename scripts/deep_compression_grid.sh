@@ -32,14 +32,12 @@ case "${1:-}" in
   headline) export WEIGHTS=outputs/weights/headline-b96-s0.pt; from_run headline-b96-s0
             [ -f "$WEIGHTS" ] || $PY -m squeezestudy.weights export headline-b96-s0
             lanes=("1.0 6|0.5 6" "1.0 8|0.7 6"); log=headline-b96-s0 ;;
-  run) [ -n "${2:-}" ] || { echo "usage: $0 run RUN (a finished run with weights)" >&2; exit 2; }
-       export WEIGHTS=outputs/weights/$2.pt PRUNE_EPOCHS=4; from_run "$2"
-       [ -f "$WEIGHTS" ] || $PY -m squeezestudy.weights export "$2"
-       lanes=("1.0 8|1.0 6|0.7 6" "0.5 6|0.4 6|0.6 6"); log=$2 ;;
-  long) [ -n "${2:-}" ] || { echo "usage: $0 long RUN (a finished run with weights)" >&2; exit 2; }
-        export WEIGHTS=outputs/weights/$2.pt PRUNE_EPOCHS=12 SHARE_EPOCHS=2; from_run "$2"
-        [ -f "$WEIGHTS" ] || $PY -m squeezestudy.weights export "$2"
-        lanes=("0.47 6" "0.45 6"); log=$2 ;;
+  run|long) [ -n "${2:-}" ] || { echo "usage: $0 $1 RUN (a finished run with weights)" >&2; exit 2; }
+            export WEIGHTS=outputs/weights/$2.pt; from_run "$2"
+            [ -f "$WEIGHTS" ] || $PY -m squeezestudy.weights export "$2"
+            if [ "$1" = run ]; then export PRUNE_EPOCHS=4; lanes=("1.0 8|1.0 6|0.7 6" "0.5 6|0.4 6|0.6 6")
+            else export PRUNE_EPOCHS=12 SHARE_EPOCHS=2; lanes=("0.47 6" "0.45 6"); fi
+            log=$2 ;;
   *) echo "usage: $0 one-fire|headline|run RUN|long RUN" >&2; exit 2 ;;
 esac
 mkdir -p outputs/logs

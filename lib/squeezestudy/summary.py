@@ -130,10 +130,10 @@ def total_mult_adds(model: nn.Module, image_size: int, in_channels: int | None =
 
 
 def weight_bytes(num_params: int, bits: int = 32) -> int:
-    """Bytes of the weights alone at a given bit width (fp32: 4 a parameter)."""
-    return num_params * bits // 8
+    """Whole bytes of the weights alone, packed at a given bit width (fp32: 4 a parameter)."""
+    return (num_params * bits + 7) // 8
 
 
 def size_mb(num_params: int, bits: int = 32) -> float:
     """Model size in MB (10^6 bytes) at a given bit width, parameters only."""
-    return weight_bytes(num_params, bits) / 1e6
+    return num_params * bits / 8 / 1e6
