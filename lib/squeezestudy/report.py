@@ -153,6 +153,7 @@ COMPARISONS = [
     ("headline, 60-epoch regularised", headline.REGULARISED_60_RUNS, "AlexNet-112", ALEXNET_RUNS),
     ("headline, 60-epoch regularised", headline.REGULARISED_60_RUNS, "LeNet", r"lenet-s\d+"),
     ("batch-norm variant", headline.BATCH_NORM_RUNS, "regularised recipe", headline.REGULARISED_RUNS),
+    ("batch-norm variant", headline.BATCH_NORM_RUNS, "60-epoch regularised", headline.REGULARISED_60_RUNS),
 ]
 
 
