@@ -19,7 +19,8 @@ from_run() {
   eval "$($PY - "$1" <<'PY'
 import json, shlex, sys
 from squeezestudy.paths import RUNS_DIR
-c = json.loads((RUNS_DIR / sys.argv[1] / "metrics.json").read_text())["config"]
+from squeezestudy.rundir import read_metrics
+c = read_metrics(RUNS_DIR / sys.argv[1] / "metrics.json")["config"]
 print(f"export MODEL={c['model']} KW={shlex.quote(json.dumps(c['model_kwargs']))} "
       f"AUGMENT={int(c['augment'])} SMOOTHING={c['label_smoothing']}")
 PY

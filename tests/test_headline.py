@@ -90,6 +90,8 @@ def test_seed_run_names_one_seed_of_a_pattern():
     assert headline.seed_run(headline.REGULARISED_60_RUNS, 2) == "headline-b96aug60-s2"
     assert re.fullmatch(headline.REGULARISED_60_RUNS, headline.seed_run(headline.REGULARISED_60_RUNS))
     assert not re.fullmatch(headline.REGULARISED_RUNS, headline.seed_run(headline.REGULARISED_60_RUNS))
+    assert headline.seeds_pattern("headline-b96aug60-s2") == headline.REGULARISED_60_RUNS
+    assert headline.seeds_pattern("headline-b96aug") == headline.REGULARISED_RUNS
 
 
 def test_every_recipe_tried_is_in_the_manifest_with_three_seeds():

@@ -16,6 +16,7 @@ PARAMETER_RATIO = 50  # the paper: AlexNet-level accuracy with 50x fewer paramet
 SIZE_LIMIT_BYTES = 500_000  # the paper's title: < 0.5 MB
 FILE_RATIO = 500  # the issue's Deep Compression goal: >= 500x smaller than AlexNet's fp32 file
 TARGET_ACC = 0.930  # AlexNet-112's level (its mean of 93.56% less its seed spread, rounded down)
+SEEDS = r"-s\d+"  # how a run name ends: its seed
 ALEXNET_RUNS = r"alexnet-s\d+"
 HEADLINE_RUNS = r"headline-b96-s\d+"  # the three seeds of the headline recipe
 REGULARISED_RUNS = r"headline-b96aug-s\d+"  # the same network, AlexNet-112's regularisation
@@ -32,7 +33,7 @@ RECIPES = {
 
 def seed_run(pattern: str, seed: int = 0) -> str:
     """The run of one seed of a setting given as the pattern of its seeds (`...-s\\d+`)."""
-    return pattern.removesuffix(r"-s\d+") + f"-s{seed}"
+    return pattern.removesuffix(SEEDS) + f"-s{seed}"
 
 
 TRIAL_RUNS = tuple(seed_run(pattern) for pattern in RECIPES)  # the runs the choice looks at
@@ -50,7 +51,12 @@ FAMILIES = (
 
 def setting_name(run: str) -> str:
     """A run's setting: its name without the seed suffix."""
-    return re.sub(r"-s\d+$", "", run)
+    return re.sub(SEEDS + "$", "", run)
+
+
+def seeds_pattern(run: str) -> str:
+    """The pattern of every seed of a run's setting (a run name or a setting name)."""
+    return setting_name(run) + SEEDS
 
 
 def family(setting: str) -> str:
@@ -130,7 +136,7 @@ def chosen_runs(trials: pd.DataFrame) -> str:
     finished): the headline's claim is judged on those seeds."""
     if trials.empty:
         raise ValueError("no recipe has finished: train profile `headline` first")
-    return setting_name(trials.loc[trials.val_acc.idxmax(), "run"]) + r"-s\d+"
+    return seeds_pattern(trials.loc[trials.val_acc.idxmax(), "run"])
 
 
 def recipe_label(pattern: str) -> str:
