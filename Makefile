@@ -18,11 +18,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -c constraints.txt -e ".[dev]"
 	touch $@
 
-# Checks the data (downloading it if needed), measures this machine's fastest settings once
-# (cached; see `make tune`), then runs the notebooks of the profile.
+# Checks the data (downloading it if needed), measures this machine's fastest settings once for
+# the models about to train (cached; see `make tune`; nothing when every run is done), then runs
+# the notebooks of the profile.
 study: env
 	$(PY) -m squeezestudy.cli data
-	$(PY) -m squeezestudy.cli tune --if-untuned
+	$(PY) -m squeezestudy.cli tune --if-untuned --if-training $(PROFILE)
 	$(PY) -m squeezestudy.cli batch --profile $(PROFILE) --jobs $(JOBS)
 
 lint: env

@@ -70,3 +70,16 @@ def small_fashion_mnist(fashion_mnist):
 
     return FashionMNIST(fashion_mnist.train.subset(2000), fashion_mnist.val.subset(1000),
                         fashion_mnist.test.subset(1000), fashion_mnist.source)
+
+
+@pytest.fixture(params=["here", "avx2", "avx512", "avx512_bf16", "amx"])
+def cpu_kind(request):
+    """Each CPU kind the project's machines have, by simulation (decisions only: the kernels stay
+    this CPU's), and this machine as it is ("here"). Yields the Machine decisions are made for."""
+    from squeezestudy import machine
+
+    if request.param == "here":
+        yield machine.current()
+    else:
+        with machine.simulate(request.param) as simulated:
+            yield simulated

@@ -331,6 +331,15 @@ def select(runs: list[Run], only: list[str] | None, profile: str) -> list[Run]:
     return [r for r in runs if any(r.name == n or r.name.startswith(n) for n in only)]
 
 
+def pending_training(profile: str, manifest_path: str | Path = MANIFEST, root: Path | None = None) -> list[Run]:
+    """The training runs of `profile` that are not done: what `batch` would train now (the reading
+    notebooks, `always: true`, train nothing)."""
+    runs = check(load_manifest(manifest_path), root or REPO_ROOT).get(profile)
+    if runs is None:
+        raise ManifestError(f"unknown profile {profile!r}")
+    return [r for r in runs if r.run_dir is not None and not r.always and not r.already_done()]
+
+
 class BatchInterrupted(KeyboardInterrupt):
     """Ctrl-C during a batch: queued runs were cancelled, running ones interrupted."""
 

@@ -268,8 +268,10 @@ class _Batch:
         if result.notebook is not None:
             run.output.parent.mkdir(parents=True, exist_ok=True)
             # stored as JupyterLab saves it, so that opening it changes nothing
-            executed = notebook_format.normal_form(_with_local_paths(result.notebook, run).decode("utf-8"))
-            fileio.write_text(run.output, executed)
+            executed = notebook_format.normal_form(
+                _with_local_paths(result.notebook, run, self.root).decode("utf-8"))
+            if not notebook_format.same_but_timings(run.output, executed):  # else: as committed
+                fileio.write_text(run.output, executed)
         for relative, (content, mtime_ns) in result.files.items():
             path = (self.root / relative).resolve()
             if self.root.resolve() not in path.parents:
@@ -421,13 +423,15 @@ class _Batch:
         self.echo(f"stop   {run.name}: {self.outcomes[run.name].status}")
 
 
-def _with_local_paths(notebook: bytes, run: Run) -> bytes:
-    """The executed notebook, its papermill paths set to this machine's (the worker ran a copy)."""
+def _with_local_paths(notebook: bytes, run: Run, root: Path) -> bytes:
+    """The executed notebook, its papermill paths set to the run's own, relative to the
+    repository (the worker ran a copy; no committed file names the folder of a clone)."""
     nb = json.loads(notebook)
     meta = nb.get("metadata", {}).get("papermill")
     if not isinstance(meta, dict):
         return notebook
-    meta["input_path"], meta["output_path"] = str(run.notebook), str(run.output)
+    meta["input_path"], meta["output_path"] = (notebook_format.relative_path(str(p), root)
+                                               for p in (run.notebook, run.output))
     import nbformat
 
     return nbformat.writes(nbformat.from_dict(nb)).encode("utf-8")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as fmnist
-from . import fileio, stats
+from . import fileio, machine, stats
 from .device import bf16_supported, device_name, pick_device, synchronize
 from .models import spec
 from .paths import BENCHMARKS_DIR, ensure_writable_dir
@@ -264,7 +264,7 @@ def settings_grid(model_name: str, device: torch.device, quick: bool, try_compil
             vary(f"batch {bs}", batch_size=bs, micro_batch=0)
     if try_compile:
         vary("torch.compile", compile=True)
-    if device.type == "cpu" and torch.get_num_threads() > 1:
+    if device.type == "cpu" and machine.current().threads > 1:
         vary("1 thread", threads=1)
     return grid
 

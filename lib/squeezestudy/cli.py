@@ -148,6 +148,14 @@ def _cmd_tune(args) -> int:
     from .device import pick_device
 
     device = pick_device(args.device)
+    if args.if_training:  # `make study`: tune only what is about to train
+        from .batch import pending_training
+
+        models = sorted({str(r.parameters.get("model")) for r in pending_training(args.if_training)})
+        if not models:
+            print(f"every training run of profile {args.if_training} is done: nothing to tune")
+            return 0
+        args.models = models
     tuned = tune.read_cache().get(tune.machine_key(device), {})
     if args.if_untuned and all(any(key.startswith(f"{m} |") for key in tuned) for m in args.models):
         print(f"this machine is tuned already ({tune.machine_key(device)}); `squeezestudy tune` retunes")
@@ -226,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--show", action="store_true", help="print this machine's cached choices only")
     p.add_argument("--if-untuned", action="store_true", help="do nothing if every model is tuned here")
+    p.add_argument("--if-training", metavar="PROFILE",
+                   help="tune only the models of PROFILE's training runs that are not done yet")
     p.add_argument("--record", help="also write this machine's results to this JSON file "
                                     "(the README's tuning table reads outputs/benchmarks/tuning.json)")
     p.set_defaults(func=_cmd_tune)

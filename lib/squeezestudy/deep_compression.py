@@ -354,16 +354,12 @@ def table2(label: str, fp32: nn.Module, fp32_bytes: int, chosen: pd.DataFrame, o
     """The paper's Table 2 at this scale for one model: AlexNet-112's fp32 file, the model's fp32
     file, its int8 post-training quantization, and each chosen Deep Compression file read back
     from disk; sizes in bytes, the ratio to AlexNet's file, test accuracy and its change."""
-    import tempfile
-
-    from .compress import quantize_int8, save_weights
+    from .compress import int8_result
     from .evaluate import evaluate
 
     fp32.eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        int8 = quantize_int8(fp32, calibration)
-        int8_bytes = save_weights(int8, Path(tmp) / "int8.pt")
-    int8_acc = evaluate(int8, test)[1]  # differs by a test image or two with the thread count
+    int8 = int8_result(fp32, f"table2/{label}", test, calibration)  # recorded where measured
+    int8_bytes, int8_acc = int8["file_bytes"], int8["test_acc"]
     rows = [("AlexNet-112", "none (fp32)", alexnet_bytes, alexnet_acc),
             (label, "none (fp32)", fp32_bytes, evaluate(fp32, test)[1]),
             (label, "int8 (post-training)", int8_bytes, int8_acc)]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import platform
 
 import torch
+
+from . import machine
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -13,10 +14,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
         return device
+    here = machine.current()
     if device == "auto":
-        if torch.cuda.is_available():
+        if here.cuda:
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if here.mps:
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -24,14 +26,14 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     except RuntimeError as err:
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from err
     if chosen.type == "cuda":
-        if not torch.cuda.is_available():
+        if not here.cuda:
             raise ValueError(f"device {device!r} asked for, but CUDA is not available here; "
                              "use device='auto' or 'cpu'")
         if chosen.index is not None and chosen.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r} asked for, but there are only "
                              f"{torch.cuda.device_count()} CUDA device(s) (cuda:0..); use another index")
     elif chosen.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        if not here.mps:
             raise ValueError(f"device {device!r} asked for, but MPS (Apple GPU) is not available "
                              "here; use device='auto' or 'cpu'")
     elif chosen.type != "cpu":
@@ -41,23 +43,12 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX or AVX-512 bf16, where bf16 matmuls run several times fp32's speed."""
-    try:
-        isa = torch.backends.cpu.get_cpu_capability()
-    except AttributeError:
-        return False
-    if isa in ("AVX512_BF16", "AMX"):
-        return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return machine.current().native_bf16
 
 
 def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return machine.current().cuda_bf16
     if device.type == "cpu":
         return cpu_has_fast_bf16()
     return False
@@ -83,16 +74,16 @@ def autocast(device: torch.device, precision: str):
 
 def device_name(device: torch.device) -> str:
     """What the device is, for run records: the GPU's name, or the CPU with its threads and ISA."""
+    here = machine.current()
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return here.cuda_name if here.simulated else torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        isa = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
-        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {isa})"
+        return f"cpu ({here.cpu_model}, {here.threads} threads, {here.isa})"
     return device.type
 
 
 def device_label(device: torch.device) -> str:
-    """The device for a log line, said once: `cpu (x86_64, 2 threads, AVX2)`, `cuda (NVIDIA H200)`."""
+    """The device for a log line, said once: `cpu (AMD EPYC, 2 threads, AVX2)`, `cuda (NVIDIA H200)`."""
     name = device_name(device)
     return name if name.startswith(device.type) else f"{device} ({name})"
 

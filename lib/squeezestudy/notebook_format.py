@@ -6,8 +6,10 @@ Lab sets the kernelspec's display name to the kernel's own ("Python 3 (ipykernel
 ipykernel's python3) and its server writes `nbformat.writes` (indent 1, sorted keys,
 multi-line strings as lists) plus a final newline; papermill writes the same JSON without
 that newline, keeps the display name it was given and writes whole floats as 1.0, which
-the browser turns into 1. The batch runner normalises what
-papermill wrote; for committed files:
+the browser turns into 1. Papermill's input and output paths are stored relative to the
+repository (no committed file names the folder a clone sits in). The batch runner normalises
+what papermill wrote, and keeps a notebook's committed bytes when a re-execution changed nothing
+but papermill's timestamps (`same_but_timings`); for committed files:
 
     python -m squeezestudy.notebook_format [--check] PATH ...   (files or folders)
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import nbformat
 
 from . import fileio
+from .paths import REPO_ROOT
 
 # What ipykernel's kernel.json says, and so what JupyterLab writes, for the python3 kernel.
 KERNELSPECS = {"python3": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}}
@@ -41,11 +44,53 @@ def _as_javascript_numbers(value):
 def normal_form(text: str) -> str:
     """The notebook `text` as JupyterLab would save it."""
     nb = _as_javascript_numbers(nbformat.reads(text, as_version=nbformat.NO_CONVERT))
+    papermill = nb.metadata.get("papermill")
+    if isinstance(papermill, dict):
+        for key in ("input_path", "output_path"):
+            if isinstance(papermill.get(key), str):
+                papermill[key] = relative_path(papermill[key])
     spec = nb.metadata.get("kernelspec", {})
     if spec.get("name") in KERNELSPECS:
         nb.metadata["kernelspec"] = dict(KERNELSPECS[spec["name"]])
     out = nbformat.writes(nb, version=nbformat.NO_CONVERT)
     return out if out.endswith("\n") else out + "\n"
+
+
+def relative_path(path: str, root: str | Path = REPO_ROOT) -> str:
+    """`path` relative to the repository when it lies inside it (as a POSIX path), else as given."""
+    candidate = Path(path)
+    if not candidate.is_absolute():
+        return path
+    try:
+        return candidate.resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return path
+
+
+TIMINGS = ("start_time", "end_time", "duration")
+
+
+def _without_timings(text: str) -> dict:
+    nb = nbformat.reads(text, as_version=nbformat.NO_CONVERT)
+    for meta in [nb.metadata] + [cell.metadata for cell in nb.cells]:
+        papermill = meta.get("papermill")
+        if isinstance(papermill, dict):
+            for key in TIMINGS:
+                papermill.pop(key, None)
+        meta.pop("execution", None)
+    return nb
+
+
+def same_but_timings(path: str | Path, text: str) -> bool:
+    """True when the notebook at `path` differs from `text` in papermill's timestamps and
+    durations at most: a re-execution that reproduced every output."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        return _without_timings(path.read_text(encoding="utf-8")) == _without_timings(text)
+    except (ValueError, OSError):
+        return False
 
 
 def normalize(path: str | Path) -> bool:

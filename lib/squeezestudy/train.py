@@ -618,6 +618,7 @@ def _finish(run: _Training, history: list[dict], out_path: Path | None) -> RunRe
         "precision": run.precision, "device": str(run.device), "device_name": device_name(run.device),
         "channels_last": run.channels_last, "micro_batch": run.micro_batch,
         "image_size": run.image_size, "train_images": run.train_images,
+        "normalisation": {"mean": run.train_batches.mean, "std": run.train_batches.std},
         "test_acc": last["test_acc"], "val_acc": last["val_acc"], "train_acc": last["train_acc"],
         "test_loss": last["test_loss"], "val_loss": last["val_loss"],
         "train_time_s": float(frame["train_s"].sum()),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import fileio
+from . import fileio, machine
 from .device import bf16_supported
 from .models import spec
 from .stats import every_round_faster
@@ -62,24 +62,17 @@ def cache_path() -> Path:
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return machine.current().cpu_model
 
 
 def machine_key(device: torch.device) -> str:
     """What the machine is, as far as speed goes."""
+    here = machine.current()
     if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        what = f"cuda | {torch.cuda.get_device_name(device)} | sm {major}.{minor}"
+        major, minor = (9, 0) if here.simulated else torch.cuda.get_device_capability(device)
+        what = f"cuda | {here.cuda_name if here.simulated else torch.cuda.get_device_name(device)} | sm {major}.{minor}"
     elif device.type == "cpu":
-        isa = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
-        what = f"cpu | {cpu_model()} | {isa} | {torch.get_num_threads()} threads"
+        what = f"cpu | {here.cpu_model} | {here.isa} | {here.threads} threads"
     else:
         what = f"{device.type} | {platform.machine()} | {platform.platform()}"
     return f"{what} | torch {torch.__version__}"
@@ -117,7 +110,7 @@ def static_choice(model: str, device: torch.device) -> Choice:
                                   prefer_bf16=device.type == "cuda" or model_spec.bf16_on_cpu)
     return Choice(precision, device.type != "mps",
                   model_spec.cpu_micro_batch if device.type == "cpu" else 0,
-                  torch.get_num_threads())
+                  machine.current().threads)
 
 
 def candidates_along(axis: str, current: Choice, model: str, device: torch.device,
@@ -131,7 +124,7 @@ def candidates_along(axis: str, current: Choice, model: str, device: torch.devic
         values = [0] + ([m for m in (batch_size // 2, batch_size // 4) if m >= 8]
                         if device.type == "cpu" else [])
     else:
-        cores = torch.get_num_threads()
+        cores = machine.current().threads
         values = sorted({cores, max(1, cores // 2), 1}) if device.type == "cpu" else [cores]
     return [dataclasses.replace(current, **{axis: v}) for v in values]
 

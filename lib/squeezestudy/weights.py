@@ -2,7 +2,8 @@
 small-model run, committed under outputs/weights/<run>.pt, and one call to get a ready model.
 
     from squeezestudy import weights
-    model = weights.load_model("lenet-s0")   # eval mode, on the CPU
+    labels = weights.predict("headline-b96aug60-s0", images)  # uint8 images as in the IDX files
+    model = weights.load_model("lenet-s0")   # eval mode, on the CPU; expects normalised input
 
 The model is built from the run's own config (outputs/runs/<run>/metrics.json). Checkpoints
 (outputs/runs/<run>/checkpoint.pt) are not committed; `export` turns one into a weight file:
@@ -15,10 +16,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from . import fileio
+from . import data, fileio
 from .paths import RUNS_DIR, WEIGHTS_DIR
 from .rundir import read_metrics, read_weights
 from .train import CHECKPOINT, TrainConfig, build_model, load_trained_model
@@ -47,17 +49,93 @@ def run_config(run: str, runs_dir: str | Path = RUNS_DIR) -> TrainConfig:
 
 def load_model(run: str, device: str | torch.device = "cpu", weights_dir: str | Path = WEIGHTS_DIR,
                runs_dir: str | Path = RUNS_DIR) -> nn.Module:
-    """The trained model of `run` (e.g. "lenet-s0"), built from its config, in eval mode."""
+    """The trained model of `run` (e.g. "lenet-s0"), built from its config, in eval mode.
+
+    The network takes float images of shape (N, 1, S, S), S its input side (`input_spec(run)`:
+    28, or 112 for AlexNet-112), scaled to [0, 1] and then normalised with the training split's
+    pixel mean and std: `(x / 255 - mean) / std`, mean 0.2860 and std 0.3527 for every run of the
+    study. It returns logits over data.CLASSES. Raw [0, 1] images give near-chance accuracy: use
+    `predict(run, images)`, which prepares them as the run was trained to see them."""
     file = path(run, weights_dir)
     if not file.is_file():
-        have = ", ".join(available(weights_dir)) or "none"
-        raise WeightsNotFoundError(
-            f"no weights for run {run!r} in {weights_dir} (available: {have}). Train it with "
-            f"`squeezestudy batch --profile full --only {run}`, then "
-            f"`python -m squeezestudy.weights export {run}`.")
+        raise WeightsNotFoundError(_missing(run, weights_dir, runs_dir))
     model = build_model(run_config(run, runs_dir))
     model.load_state_dict(read_weights(file))  # a damaged file: an error naming it
     return model.to(device).eval()
+
+
+def _missing(run: str, weights_dir: str | Path, runs_dir: str | Path) -> str:
+    """What to do about a run without a weight file, for that run."""
+    metrics_file = Path(runs_dir) / run / "metrics.json"
+    if metrics_file.is_file():
+        metrics = read_metrics(metrics_file)
+        size = metrics["params"] * 4
+        from .train import keeps_weights
+
+        if not keeps_weights(metrics["params"]):
+            return (f"{run!r} is a finished run, but its weights ({size / 1e6:.0f} MB in fp32) are over "
+                    "the repository's size limit and are not committed. To have them, train it again "
+                    f"on a GPU: `squeezestudy batch --profile full --only {run} --force --gpus 1` "
+                    "(README, 'GPU runs'; on a CPU one run takes hours), then "
+                    f"`python -m squeezestudy.weights export {run}`.")
+        return (f"{run!r} is a finished run, but {path(run, weights_dir)} is missing: restore it with "
+                f"`git checkout -- {path(run, weights_dir)}`, or export it from the run's checkpoint "
+                f"with `python -m squeezestudy.weights export {run}`.")
+    have = available(weights_dir)
+    close = [r for r in have if r.split("-s")[0] == run.split("-s")[0]] or have[:6]
+    return (f"no run {run!r} in {runs_dir}: it was never trained. Runs with weights include "
+            f"{', '.join(close) or 'none'} (weights.available() lists all {len(have)}); a run of "
+            "the manifest that is missing is trained by `make study`.")
+
+
+def input_spec(run: str, runs_dir: str | Path = RUNS_DIR) -> dict:
+    """What `run`'s network expects: input side in pixels and the normalisation's mean and std
+    (recorded by the run; runs from before that record used the same training split's)."""
+    metrics = read_metrics(Path(runs_dir) / run / "metrics.json") if (Path(runs_dir) / run).is_dir() else None
+    if metrics is None:
+        raise WeightsNotFoundError(_missing(run, WEIGHTS_DIR, runs_dir))
+    norm = metrics.get("normalisation") or {"mean": data.TRAIN_MEAN, "std": data.TRAIN_STD}
+    size = metrics.get("image_size") or run_config(run, runs_dir).resolved_image_size()
+    return {"image_size": int(size), "mean": float(norm["mean"]), "std": float(norm["std"])}
+
+
+def as_uint8_images(images) -> torch.Tensor:
+    """Images as a reader has them, as uint8 (N, 28, 28): a uint8 array or tensor of shape
+    (N, 28, 28), (N, 1, 28, 28) or (28, 28) as read from the IDX files, a PIL image, or a list of
+    PIL images (converted to 8-bit grey)."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("no images given: pass an array of shape (N, 28, 28) or a list of images")
+        return torch.cat([as_uint8_images(i) for i in images])
+    if hasattr(images, "convert") and hasattr(images, "size"):  # a PIL image
+        images = np.asarray(images.convert("L"))
+    tensor = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    if tensor.dtype != torch.uint8:
+        raise TypeError(f"images should be uint8 pixels 0-255 as in the IDX files, got {tensor.dtype}; "
+                        "for floats in [0, 1] pass (x * 255).round().to(torch.uint8)")
+    if tensor.dim() == 4 and tensor.shape[1] == 1:
+        tensor = tensor[:, 0]
+    elif tensor.dim() == 2:
+        tensor = tensor[None]
+    if tensor.dim() != 3:
+        raise ValueError(f"images of shape {tuple(tensor.shape)}: expected (N, 28, 28), (N, 1, 28, 28) "
+                         "or one (28, 28) image")
+    return tensor.cpu().contiguous()
+
+
+@torch.no_grad()
+def predict(run: str, images, batch_size: int = 1000, device: str | torch.device = "cpu",
+            model: nn.Module | None = None) -> torch.Tensor:
+    """Class indices (int64, shape (N,); names in data.CLASSES) that `run`'s model gives `images`
+    (see `as_uint8_images`), prepared as the run was trained: resized to its input side and
+    normalised with its own mean and std. `model`: the run's loaded model, to skip loading it."""
+    pixels = as_uint8_images(images)
+    spec = input_spec(run)
+    model = model if model is not None else load_model(run, device)
+    batches = data.Batches(data.Split(pixels, torch.zeros(len(pixels), dtype=torch.long)), batch_size,
+                           mean=spec["mean"], std=spec["std"], image_size=spec["image_size"],
+                           device=device)
+    return torch.cat([model(x).argmax(1).cpu() for x, _ in batches])
 
 
 def export(run: str, runs_dir: str | Path = RUNS_DIR, weights_dir: str | Path = WEIGHTS_DIR) -> Path:

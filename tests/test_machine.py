@@ -1,0 +1,95 @@
+"""The machine, read in one place (squeezestudy.machine): every decision that depends on the CPU
+kind, CUDA or MPS is covered here on any computer by simulating the kind, and for real on this one."""
+
+import pytest
+import torch
+from squeezestudy import bench, compress, device, machine, tune
+from squeezestudy.models import spec
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("kind", machine.CPU_KINDS)
+def test_each_kind_is_detected_from_its_cpuinfo_flags(kind):
+    assert machine.kind_from_flags(machine.cpu_kind_flags(kind)) == kind
+    assert machine.kind_from_flags({"sse2"}) == "other"
+
+
+def test_this_machine_is_detected_and_described():
+    here = machine.detect()
+    assert here.cpu_kind in (*machine.CPU_KINDS, "other") and not here.simulated
+    assert here.threads == torch.get_num_threads()
+    line = here.describe()
+    assert here.cpu_model in line and f"{here.threads} threads" in line
+    with open("/proc/cpuinfo") as f:  # the real flags agree with the kind read
+        flags = f.read()
+    assert here.native_bf16 == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_a_simulation_holds_inside_its_block_and_from_the_environment(monkeypatch):
+    real = machine.current()
+    with machine.simulate("amx") as amx:
+        assert machine.current() is amx and amx.amx and amx.native_bf16 and amx.simulated
+        with machine.simulate("avx2"):
+            assert not machine.current().native_bf16
+        assert machine.current() is amx
+    assert machine.current() == real
+    monkeypatch.setenv(machine.SIMULATE_ENV, "avx512_bf16")
+    assert machine.current().cpu_kind == "avx512_bf16"
+    with pytest.raises(ValueError, match="unknown machine kind"):
+        machine.simulate("sparc").__enter__()
+
+
+def test_precision_auto_follows_the_kind(cpu_kind):
+    assert device.cpu_has_fast_bf16() == cpu_kind.native_bf16
+    for name in ("lenet", "alexnet"):  # LeNet: fp32 on every CPU; AlexNet: bf16 where native
+        prefer = spec(name).bf16_on_cpu
+        expected = "bf16" if prefer and cpu_kind.native_bf16 else "fp32"
+        assert device.resolve_precision("auto", CPU, prefer_bf16=prefer) == expected
+        assert tune.static_choice(name, CPU).precision == expected
+
+
+def test_the_tuning_cache_key_names_the_kind(cpu_kind):
+    key = tune.machine_key(CPU)
+    assert key.startswith(f"cpu | {cpu_kind.cpu_model} | {cpu_kind.isa} | {cpu_kind.threads} threads")
+    if cpu_kind.simulated:  # a simulated kind never reads or writes this machine's real entries
+        assert key != machine_key_here()
+
+
+def machine_key_here():
+    from squeezestudy.machine import _override
+
+    saved = list(_override)
+    _override.clear()
+    try:
+        return tune.machine_key(CPU)
+    finally:
+        _override.extend(saved)
+
+
+def test_the_benchmark_times_bf16_as_native_or_emulated(cpu_kind):
+    grid = bench.settings_grid("lenet", CPU, quick=True, try_compile=False)
+    assert grid[0].precision == "fp32" and grid[1].precision == "bf16"
+    assert device.bf16_supported(CPU) == cpu_kind.native_bf16  # the emulated path: one step alone
+
+
+def test_cuda_is_picked_and_runs_bf16_when_simulated():
+    with machine.simulate("cuda"):
+        chosen = device.pick_device("auto")
+        assert chosen.type == "cuda" and device.bf16_supported(chosen)
+        assert device.resolve_precision("auto", chosen) == "bf16"
+        assert tune.static_choice("lenet", chosen) == tune.Choice("bf16", True, 0, torch.get_num_threads())
+        assert tune.machine_key(chosen).startswith("cuda | simulated GPU")
+    with machine.simulate("avx2"):
+        assert device.pick_device("auto") == CPU
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            device.pick_device("cuda")
+
+
+def test_int8_runs_on_one_engine_and_one_thread_and_restores_both():
+    threads, engine = torch.get_num_threads(), torch.backends.quantized.engine
+    with machine.int8_engine():
+        assert torch.get_num_threads() == 1
+        assert torch.backends.quantized.engine == machine.QUANTIZED_ENGINE
+    assert (torch.get_num_threads(), torch.backends.quantized.engine) == (threads, engine)
+    assert compress.quantize_int8.__defaults__[-1] == machine.QUANTIZED_ENGINE
