@@ -331,7 +331,8 @@ def select(runs: list[Run], only: list[str] | None, profile: str) -> list[Run]:
     return [r for r in runs if any(r.name == n or r.name.startswith(n) for n in only)]
 
 
-def pending_training(profile: str, manifest_path: str | Path = MANIFEST, root: Path | None = None) -> list[Run]:
+def pending_training(profile: str, manifest_path: str | Path = MANIFEST,
+                     root: Path | None = None) -> list[Run]:
     """The training runs of `profile` that are not done: what `batch` would train now (the reading
     notebooks, `always: true`, train nothing)."""
     runs = check(load_manifest(manifest_path), root or REPO_ROOT).get(profile)

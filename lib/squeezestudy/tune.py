@@ -70,7 +70,8 @@ def machine_key(device: torch.device) -> str:
     here = machine.current()
     if device.type == "cuda":
         major, minor = (9, 0) if here.simulated else torch.cuda.get_device_capability(device)
-        what = f"cuda | {here.cuda_name if here.simulated else torch.cuda.get_device_name(device)} | sm {major}.{minor}"
+        name = here.cuda_name if here.simulated else torch.cuda.get_device_name(device)
+        what = f"cuda | {name} | sm {major}.{minor}"
     elif device.type == "cpu":
         what = f"cpu | {here.cpu_model} | {here.isa} | {here.threads} threads"
     else:
