@@ -44,8 +44,57 @@ def test_every_weight_file_is_a_plain_fp32_state_dict():
 
 
 def test_unknown_run_says_what_is_available_and_how_to_get_it(tmp_path):
-    with pytest.raises(weights.WeightsNotFoundError, match=r"available: none.*--only lenet-s9"):
-        weights.load_model("lenet-s9", weights_dir=tmp_path)
+    with pytest.raises(weights.WeightsNotFoundError, match=r"never trained.*lenet-s0.*make study"):
+        weights.load_model("lenet-s9")
+
+
+def test_a_run_too_large_to_commit_says_it_needs_a_gpu():
+    """AlexNet-112's runs are finished but their 99 MB weights are not committed: the error says
+    what works for that run (a GPU, a forced re-run), not a batch command that would skip it."""
+    with pytest.raises(weights.WeightsNotFoundError, match=r"finished run.*99 MB.*GPU.*--force"):
+        weights.load_model("alexnet-s0")
+
+
+def test_a_deleted_weight_file_says_how_to_restore_it(tmp_path):
+    with pytest.raises(weights.WeightsNotFoundError, match=r"git checkout"):
+        weights.load_model("lenet-s0", weights_dir=tmp_path)
+
+
+def test_the_normalisation_constants_are_the_training_splits(fashion_mnist):
+    assert fashion_mnist.mean_std() == (data.TRAIN_MEAN, data.TRAIN_STD)
+    spec = weights.input_spec("alexnet-s0")
+    assert spec == {"image_size": 112, "mean": data.TRAIN_MEAN, "std": data.TRAIN_STD}
+
+
+CHOSEN = "headline-b96aug60-s0"  # the headline recipe the study chose (notebook 12), seed 0
+
+
+def test_predict_on_raw_test_images_gives_the_runs_recorded_accuracy(fashion_mnist):
+    images, labels = fashion_mnist.test.images[:1000], fashion_mnist.test.labels[:1000]
+    predicted = weights.predict(CHOSEN, images)  # uint8 (N, 28, 28), as read from the IDX file
+    assert predicted.dtype == torch.int64 and predicted.shape == (1000,)
+    recorded = load_predictions(RUNS_DIR / CHOSEN)[0][:1000]
+    assert evaluate.accuracy(predicted, labels) == evaluate.accuracy(recorded, labels) > 0.9
+    model = weights.load_model(CHOSEN)
+    assert torch.equal(weights.predict(CHOSEN, images[:, None].numpy(), model=model), predicted)
+
+
+def test_predict_takes_pil_images_and_refuses_what_it_cannot_read(fashion_mnist):
+    from PIL import Image
+
+    images = fashion_mnist.test.images[:20]
+    pil = [Image.fromarray(i.numpy()) for i in images]
+    model = weights.load_model("lenet-s0")
+    expected = weights.predict("lenet-s0", images, model=model)
+    assert torch.equal(weights.predict("lenet-s0", pil, model=model), expected)
+    assert torch.equal(weights.predict("lenet-s0", pil[3], model=model), expected[3:4])
+    assert torch.equal(weights.predict("lenet-s0", images[3], model=model), expected[3:4])
+    with pytest.raises(TypeError, match="uint8"):
+        weights.predict("lenet-s0", images.float() / 255, model=model)
+    with pytest.raises(ValueError, match=r"expected \(N, 28, 28\)"):
+        weights.predict("lenet-s0", images[:, None, None], model=model)
+    with pytest.raises(ValueError, match="no images"):
+        weights.predict("lenet-s0", [], model=model)
 
 
 def test_export_round_trips_a_checkpoint(tmp_path, small_fashion_mnist):

@@ -6,7 +6,8 @@ Lab sets the kernelspec's display name to the kernel's own ("Python 3 (ipykernel
 ipykernel's python3) and its server writes `nbformat.writes` (indent 1, sorted keys,
 multi-line strings as lists) plus a final newline; papermill writes the same JSON without
 that newline, keeps the display name it was given and writes whole floats as 1.0, which
-the browser turns into 1. Papermill's input and output paths are stored relative to the
+the browser turns into 1. Consecutive prints of a cell are kept as one stream output, as Lab's
+output area holds them. Papermill's input and output paths are stored relative to the
 repository (no committed file names the folder a clone sits in). The batch runner normalises
 what papermill wrote, and keeps a notebook's committed bytes when a re-execution changed nothing
 but papermill's timestamps (`same_but_timings`); for committed files:
@@ -49,11 +50,28 @@ def normal_form(text: str) -> str:
         for key in ("input_path", "output_path"):
             if isinstance(papermill.get(key), str):
                 papermill[key] = relative_path(papermill[key])
+    for cell in nb.cells:
+        if cell.get("outputs"):
+            cell.outputs = merged_streams(cell.outputs)
     spec = nb.metadata.get("kernelspec", {})
     if spec.get("name") in KERNELSPECS:
         nb.metadata["kernelspec"] = dict(KERNELSPECS[spec["name"]])
     out = nbformat.writes(nb, version=nbformat.NO_CONVERT)
     return out if out.endswith("\n") else out + "\n"
+
+
+def merged_streams(outputs: list) -> list:
+    """Consecutive stream outputs of one name as one, as JupyterLab's output area holds them: how
+    a kernel happens to flush print() into chunks is timing, not content."""
+    merged: list = []
+    for output in outputs:
+        last = merged[-1] if merged else None
+        if (output.get("output_type") == "stream" and last is not None
+                and last.get("output_type") == "stream" and last.get("name") == output.get("name")):
+            last["text"] = last["text"] + output["text"]
+        else:
+            merged.append(output)
+    return merged
 
 
 def relative_path(path: str, root: str | Path = REPO_ROOT) -> str:

@@ -109,7 +109,7 @@ def as_uint8_images(images) -> torch.Tensor:
         return torch.cat([as_uint8_images(i) for i in images])
     if hasattr(images, "convert") and hasattr(images, "size"):  # a PIL image
         images = np.asarray(images.convert("L"))
-    tensor = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    tensor = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
     if tensor.dtype != torch.uint8:
         raise TypeError(f"images should be uint8 pixels 0-255 as in the IDX files, got {tensor.dtype}; "
                         "for floats in [0, 1] pass (x * 255).round().to(torch.uint8)")
