@@ -58,8 +58,9 @@ def test_fingerprints_follow_weights_and_images():
     assert measured.state_sha256(model) != before
     split = data.Split(torch.zeros(4, 28, 28, dtype=torch.uint8), torch.arange(4))
     loader = data.Batches(split, 2, mean=0.5, std=0.5)
-    assert measured.batches_sha256(loader) == measured.batches_sha256(data.Batches(split, 2, mean=0.5, std=0.5))
-    assert measured.batches_sha256(loader) != measured.batches_sha256(data.Batches(split, 4, mean=0.5, std=0.5))
+    same, other = data.Batches(split, 2, mean=0.5, std=0.5), data.Batches(split, 4, mean=0.5, std=0.5)
+    assert measured.batches_sha256(loader) == measured.batches_sha256(same)
+    assert measured.batches_sha256(loader) != measured.batches_sha256(other)
     with pytest.raises(ValueError, match="fixed-order"):
         measured.batches_sha256(data.Batches(split, 2, mean=0.5, std=0.5, shuffle=True))
 
@@ -87,7 +88,8 @@ def test_a_re_execution_that_changed_only_timestamps_keeps_the_committed_bytes(t
     def notebook(start, output):
         return notebook_format.normal_form(json.dumps({
             "cells": [{"cell_type": "code", "execution_count": 1, "id": "a", "source": "1",
-                       "metadata": {"papermill": {"start_time": start, "duration": 0.1, "status": "completed"}},
+                       "metadata": {"papermill": {"start_time": start, "duration": 0.1,
+                                                  "status": "completed"}},
                        "outputs": [{"output_type": "stream", "name": "stdout", "text": output}]}],
             "metadata": {"papermill": {"start_time": start, "end_time": start, "duration": 1.0}},
             "nbformat": 4, "nbformat_minor": 5}))

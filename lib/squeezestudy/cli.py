@@ -114,7 +114,8 @@ def _cmd_train(args) -> int:
     result = fit(config, out_dir=out, resume=args.resume, force=args.force, quiet=args.quiet,
                  data_dir=args.data_dir)
     m = result.metrics
-    print(f"{m['model']}: test {m['test_acc']:.4f}  val {m['val_acc']:.4f}  "
+    test = "sealed" if m["test_acc"] is None else f"{m['test_acc']:.4f}"
+    print(f"{m['model']}: test {test}  val {m['val_acc']:.4f}  "
           f"{m['train_time_s']:.0f}s  {m['images_per_s']:,.0f} img/s  -> {display_path(out)}")
     return 0
 
@@ -134,6 +135,14 @@ def _cmd_batch(args) -> int:
     print()
     print(summary_table(outcomes))
     return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def _cmd_unseal(args) -> int:
+    from .data import load
+    from .sealed import unseal
+
+    unseal(args.runs, dataset=load(args.data_dir))
+    return 0
 
 
 def _cmd_report(args) -> int:
@@ -240,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(the README's tuning table reads outputs/benchmarks/tuning.json)")
     p.set_defaults(func=_cmd_tune)
 
+    p = sub.add_parser("unseal", help="open the test split once for sealed runs of a frozen recipe")
+    p.add_argument("runs", nargs="+", help="run names, or a recipe's prefix for all its seeds")
+    p.add_argument("--data-dir", help="directory of the four IDX files")
+    p.set_defaults(func=_cmd_unseal)
+
     p = sub.add_parser("bench", help="training throughput: naive pipeline vs this project's")
     from .bench import add_arguments
 
@@ -255,9 +269,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .models import UnknownModelError
     from .paths import OutputDirError
     from .rundir import ResultFileError, ResultFileMissingError, RunExistsError
+    from .sealed import SealError
 
     return (ValueError, UnknownModelError, DataNotFoundError, IdxError, OutputDirError,
-            ResultFileError, ResultFileMissingError, RunExistsError)
+            ResultFileError, ResultFileMissingError, RunExistsError, SealError)
 
 
 def main(argv: list[str] | None = None) -> int:

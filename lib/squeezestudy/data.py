@@ -8,6 +8,7 @@ variable FASHION_MNIST_DIR, the repository's `data/FashionMNIST/raw`
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import tempfile
@@ -227,6 +228,7 @@ class Batches:
         shuffle: bool = False,
         drop_last: bool = False,
         augment: bool = False,
+        erase: float = 0.0,
         crop_padding: int = 2,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
@@ -241,6 +243,9 @@ class Batches:
         self.image_size = image_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self.augment, self.crop_padding = augment, crop_padding
+        if not 0 <= erase <= 1:
+            raise ValueError(f"erase is the share of images erased, in [0, 1]; got {erase}")
+        self.erase = erase
         self.channels_last = channels_last
         self.dtype = dtype
         self.generator = torch.Generator()  # on CPU so orders match across devices
@@ -277,10 +282,31 @@ class Batches:
         flip = (torch.rand(b, generator=g) < 0.5).to(self.device)
         return torch.where(flip[:, None, None], images.flip(-1), images)
 
+    def _erase(self, images: torch.Tensor) -> torch.Tensor:
+        """Random erasing (Zhong et al. 2020) on uint8: each image, with probability `erase`, loses
+        one rectangle of 2-25% of its area, aspect ratio 0.3-3.3, to zeros (the background)."""
+        b, h, w = images.shape
+        g = self.generator
+        area = h * w * (0.02 + 0.23 * torch.rand(b, generator=g))
+        aspect = torch.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * torch.rand(b, generator=g))
+        eh = (area * aspect).sqrt().round().clamp(1, h).long()
+        ew = (area / aspect).sqrt().round().clamp(1, w).long()
+        top = (torch.rand(b, generator=g) * (h - eh + 1)).long()
+        left = (torch.rand(b, generator=g) * (w - ew + 1)).long()
+        chosen = torch.rand(b, generator=g) < self.erase
+        rows = torch.arange(h)[None, :]
+        cols = torch.arange(w)[None, :]
+        in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])
+        in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])
+        mask = (in_rows[:, :, None] & in_cols[:, None, :] & chosen[:, None, None]).to(self.device)
+        return images.masked_fill(mask, 0)
+
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 28, 28] -> normalised float [B, 1, S, S] on the device."""
         if self.augment:
             images = self._crop_and_flip(images)
+        if self.erase:
+            images = self._erase(images)
         x = images.unsqueeze(1).to(self.dtype)
         if self.image_size != images.shape[-1]:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",

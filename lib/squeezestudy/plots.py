@@ -121,10 +121,11 @@ def samples_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int
 @styled
 def training_curves(history: pd.DataFrame, hue: str | None = None, title: str | None = None,
                     path: str | Path | None = None) -> plt.Figure:
-    """Loss, train accuracy and test accuracy per epoch (the note's three panels).
-    With `hue`, one line per value of that column (mean and spread over seeds)."""
+    """Loss, train accuracy and test accuracy per epoch (the note's three panels; validation
+    accuracy for a sealed run, which has no test column). With `hue`, one line per value of that
+    column (mean and spread over seeds)."""
     panels = [("train_loss", "train loss"), ("train_acc", "train accuracy"),
-              ("test_acc", "test accuracy")]
+              ("test_acc", "test accuracy") if "test_acc" in history else ("val_acc", "validation accuracy")]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, (column, label) in zip(axes, panels, strict=True):
         sns.lineplot(data=history, x="epoch", y=column, hue=hue, ax=ax, marker="o", markersize=3,

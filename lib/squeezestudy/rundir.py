@@ -33,6 +33,7 @@ RESULT_FILES = (METRICS, PREDICTIONS, *FIGURES)  # rewritten when a resumed run 
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
                    "test_acc", "train_s", "eval_s", "images_per_s")
+TEST_COLUMNS = ("test_loss", "test_acc")  # absent from a sealed run's history: never computed
 METRICS_KEYS = ("model", "params", "epochs", "seed", "precision", "device", "test_acc", "val_acc",
                 "train_acc", "train_time_s", "images_per_s", "config")
 CHECKPOINT_KEYS = ("config", "epoch", "history", "model", "optimizer", "scheduler")
@@ -98,10 +99,12 @@ def read_history(path: str | Path, advice: str = RETRAIN) -> pd.DataFrame:
         history = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         raise _fault(path, f"not a readable CSV table ({err})", advice) from None
-    missing = [c for c in HISTORY_COLUMNS if c not in history.columns]
+    sealed = not any(c in history.columns for c in TEST_COLUMNS)
+    required = [c for c in HISTORY_COLUMNS if not (sealed and c in TEST_COLUMNS)]
+    missing = [c for c in required if c not in history.columns]
     if missing:
         raise _fault(path, f"lacks the column(s) {', '.join(missing)}: truncated or corrupt", advice)
-    values = history[list(HISTORY_COLUMNS)]
+    values = history[required]
     if len(history) == 0 or not all(pd.api.types.is_numeric_dtype(t) for t in values.dtypes) \
             or values.isna().any().any():
         raise _fault(path, "has empty or non-numeric cells: truncated or corrupt", advice)
@@ -170,13 +173,16 @@ def predictions_npz(pred: np.ndarray, confidence: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_finished(run_dir: Path, history_csv: str, predictions: bytes, metrics: dict) -> dict:
-    """Write the results, metrics.json last with the files' digests; returns the metrics written."""
+def write_finished(run_dir: Path, history_csv: str, predictions: bytes | None, metrics: dict) -> dict:
+    """Write the results, metrics.json last with the files' digests; returns the metrics written.
+    `predictions` None: a sealed run, whose test predictions are made by `unseal`."""
     history_bytes = history_csv.encode("utf-8")
     fileio.write_bytes(run_dir / HISTORY, history_bytes)
-    fileio.write_bytes(run_dir / PREDICTIONS, predictions)
-    metrics = {**metrics, "files": {HISTORY: sha256_bytes(history_bytes),
-                                    PREDICTIONS: sha256_bytes(predictions)}}
+    files = {HISTORY: sha256_bytes(history_bytes)}
+    if predictions is not None:
+        fileio.write_bytes(run_dir / PREDICTIONS, predictions)
+        files[PREDICTIONS] = sha256_bytes(predictions)
+    metrics = {**metrics, "files": files}
     fileio.write_text(run_dir / METRICS, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -189,13 +195,21 @@ def inconsistency(run_dir: Path, metrics: dict) -> str | None:
             return f"{name} is missing"
         if sha256_bytes(path.read_bytes()) != digest:
             return f"{name} is not the file {METRICS} was written with"
+    sealed = bool(metrics.get("sealed"))
     try:
         history = read_history(run_dir / HISTORY)
-        read_predictions(run_dir / PREDICTIONS)
+        if not sealed or metrics.get("unsealed_at"):
+            read_predictions(run_dir / PREDICTIONS)
     except (ResultFileError, ResultFileMissingError) as err:
         return err.problem
     if len(history) != metrics["epochs"]:
         return f"{HISTORY} has {len(history)} epochs, {METRICS} says {metrics['epochs']}"
+    if sealed:  # no test column; the last validation accuracy ties the two together
+        if "test_acc" in history.columns:
+            return f"{HISTORY} of a sealed run has test columns"
+        if not math.isclose(float(history["val_acc"].iloc[-1]), float(metrics["val_acc"]), rel_tol=1e-9):
+            return f"the last epoch of {HISTORY} does not match {METRICS}"
+        return None
     if not math.isclose(float(history["test_acc"].iloc[-1]), float(metrics["test_acc"]), rel_tol=1e-9):
         return f"the last epoch of {HISTORY} does not match {METRICS}"
     return None

@@ -162,6 +162,12 @@ class TrainConfig:
     warmup_fraction: float = _option(0.2, "onecycle: share of the steps spent warming up")
     label_smoothing: float = _option(0.0, "label smoothing of the cross-entropy, in [0, 1)")
     augment: bool = _option(False, "random crops (zero padding) and horizontal flips of training images")
+    erase: float = _option(0.0, "random erasing: the share of training images that lose one random "
+                                "rectangle (2 to 25 percent of the image) to zeros; 0: off")
+    ema: float = _option(0.0, "decay per step of an exponential moving average of the weights, "
+                              "evaluated and kept as the final weights (e.g. 0.999); 0: off")
+    sealed: bool = _option(False, "never evaluate the test split while training (a search run): "
+                                  "`squeezestudy unseal` opens it once the recipe is frozen")
     image_size: int | None = _option(None, "input side in pixels (default: the model's own)")
     seed: int = _option(0, "seeds the weights, the batch order, dropout and augmentation")
     device: str = _option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
@@ -192,6 +198,8 @@ class TrainConfig:
             (self.weight_decay >= 0 and math.isfinite(self.weight_decay),
              f"weight_decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0 <= self.erase <= 1, f"erase must be in [0, 1], got {self.erase}"),
+            (0 <= self.ema < 1, f"ema must be in [0, 1) (0: off), got {self.ema}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (0 < self.warmup_fraction < 1, f"warmup_fraction must be in (0, 1), got {self.warmup_fraction}"),
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}"),
@@ -476,6 +484,12 @@ class _Training:
     test_batches: fmnist.Batches
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema_model: nn.Module | None = None  # the moving average of the weights (config.ema > 0)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and kept: the moving average where there is one."""
+        return self.ema_model.module if self.ema_model is not None else self.model
 
     def describe(self, start_epoch: int) -> str:
         return (f"{self.config.model}: {self.params:,} parameters, {device_label(self.device)}, "
@@ -505,7 +519,8 @@ def _prepare(config: TrainConfig, device: torch.device, choice: tune.Choice,
     def batches(split, batch_size, train):
         return fmnist.Batches(split, batch_size, mean=mean, std=std, device=device,
                               image_size=image_size, shuffle=train, drop_last=train,
-                              augment=train and config.augment, channels_last=channels_last)
+                              augment=train and config.augment, erase=config.erase if train else 0.0,
+                              channels_last=channels_last)
 
     train_batches = batches(train_split, config.batch_size, True)
     if len(train_batches) == 0:
@@ -515,10 +530,16 @@ def _prepare(config: TrainConfig, device: torch.device, choice: tune.Choice,
     total_steps = config.epochs * len(train_batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, config.schedule, config.warmup_fraction))
+    ema_model = None
+    if config.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema_model = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
     return _Training(config, device, precision, channels_last, micro_batch, image_size, model,
                      torch.compile(model) if config.compile else model, count_parameters(model),
                      len(train_split), train_batches, batches(dataset.val, config.batch_size_eval, False),
-                     batches(dataset.test, config.batch_size_eval, False), optimizer, scheduler)
+                     batches(dataset.test, config.batch_size_eval, False), optimizer, scheduler,
+                     ema_model)
 
 
 def _restore(run: _Training, state: dict, path: Path) -> list[dict]:
@@ -527,6 +548,8 @@ def _restore(run: _Training, state: dict, path: Path) -> list[dict]:
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
+        if run.ema_model is not None:
+            run.ema_model.load_state_dict(state["ema"])
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         first_line = str(err).strip().splitlines()[0]
         raise ResultFileError(f"{path}: its weights do not fit the model ({first_line}), corrupt; "
@@ -541,12 +564,12 @@ def _run_epoch(run: _Training, epoch: int, stage: _Stage, quiet: bool) -> dict:
     train_loss, train_acc, seen, train_s = _train_epoch(run, epoch, quiet)
     stage.phase = "evaluation"
     t0 = time.perf_counter()
-    val_loss, val_acc = evaluate(run.model, run.val_batches, run.precision)
-    test_loss, test_acc = evaluate(run.model, run.test_batches, run.precision)
-    return {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"],
-            "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-            "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "train_s": train_s, "eval_s": time.perf_counter() - t0, "images_per_s": seen / train_s}
+    val_loss, val_acc = evaluate(run.eval_model, run.val_batches, run.precision)
+    row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"],
+           "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
+    if not run.config.sealed:  # a sealed run never looks at the test split
+        row["test_loss"], row["test_acc"] = evaluate(run.eval_model, run.test_batches, run.precision)
+    return {**row, "train_s": train_s, "eval_s": time.perf_counter() - t0, "images_per_s": seen / train_s}
 
 
 def _train_epoch(run: _Training, epoch: int, quiet: bool) -> tuple[float, float, int, float]:
@@ -573,6 +596,8 @@ def _train_epoch(run: _Training, epoch: int, quiet: bool) -> tuple[float, float,
                     f"the checkpoint of epoch {epoch} is kept. Lower the learning rate or use "
                     "precision='fp32'.")
             run.scheduler.step()
+            if run.ema_model is not None:
+                run.ema_model.update_parameters(run.model)
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
@@ -593,8 +618,9 @@ def _progress_bar(steps: int, epoch: int, epochs: int):
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
+    test = f"test {row['test_acc']:.4f}" if "test_acc" in row else "test sealed"
     return (f"epoch {row['epoch']:3d}/{epochs}  loss {row['train_loss']:.4f}  "
-            f"train {row['train_acc']:.4f}  val {row['val_acc']:.4f}  test {row['test_acc']:.4f}  "
+            f"train {row['train_acc']:.4f}  val {row['val_acc']:.4f}  {test}  "
             f"{row['train_s']:.1f}s  {row['images_per_s']:,.0f} img/s")
 
 
@@ -605,7 +631,9 @@ def _save_checkpoint(run: _Training, history: list[dict], out_path: Path, stage:
     epochs_done = history[-1]["epoch"]
     fileio.torch_save({"config": run.config.to_dict(), "epoch": epochs_done, "history": history,
                        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                       "scheduler": run.scheduler.state_dict()}, out_path / CHECKPOINT)
+                       "scheduler": run.scheduler.state_dict(),
+                       **({"ema": run.ema_model.state_dict()} if run.ema_model is not None else {})},
+                      out_path / CHECKPOINT)
     stage.saved = epochs_done
     fileio.write_text(out_path / rundir.HISTORY, pd.DataFrame(history).to_csv(index=False))
 
@@ -619,18 +647,18 @@ def _finish(run: _Training, history: list[dict], out_path: Path | None) -> RunRe
         "channels_last": run.channels_last, "micro_batch": run.micro_batch,
         "image_size": run.image_size, "train_images": run.train_images,
         "normalisation": {"mean": run.train_batches.mean, "std": run.train_batches.std},
-        "test_acc": last["test_acc"], "val_acc": last["val_acc"], "train_acc": last["train_acc"],
-        "test_loss": last["test_loss"], "val_loss": last["val_loss"],
+        "test_acc": last.get("test_acc"), "val_acc": last["val_acc"], "train_acc": last["train_acc"],
+        "test_loss": last.get("test_loss"), "val_loss": last["val_loss"], "sealed": config.sealed,
         "train_time_s": float(frame["train_s"].sum()),
         "images_per_s": float(frame["images_per_s"].median()),
         "versions": versions(), "config": config.to_dict(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if out_path is not None:
-        metrics = rundir.write_finished(out_path, frame.to_csv(index=False),
-                                        predictions_npz(run.model, run.test_batches, run.precision),
-                                        metrics)
-    return RunResult(run.model, frame, metrics, out_path)
+        predictions = None if config.sealed else predictions_npz(run.eval_model, run.test_batches,
+                                                                 run.precision)
+        metrics = rundir.write_finished(out_path, frame.to_csv(index=False), predictions, metrics)
+    return RunResult(run.eval_model, frame, metrics, out_path)
 
 
 def predictions_npz(model: nn.Module, batches: fmnist.Batches, precision: str) -> bytes:
@@ -657,7 +685,8 @@ def load_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:
 
 
 def load_trained_model(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """The model of a run's last checkpoint, in eval mode."""
+    """The model of a run's last checkpoint (its moving average of the weights, if it kept one), in
+    eval mode."""
     path = Path(run_dir) / CHECKPOINT
     state = rundir.read_checkpoint(path, device)
     try:
@@ -665,8 +694,11 @@ def load_trained_model(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Mod
     except (TypeError, ValueError, KeyError) as err:
         raise ResultFileError(f"{path}: its config cannot be used ({err}); {rundir.RETRAIN}") from None
     model = build_model(config)
+    weights = state["model"]
+    if "ema" in state:  # the moving average is what the run evaluated and keeps
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as err:
         raise ResultFileError(f"{path}: its weights do not fit a {config.model} "
                               f"({str(err).strip().splitlines()[0]}); {rundir.RETRAIN}") from None
