@@ -19,10 +19,13 @@ def toc_files(entries: list[dict]) -> list[str]:
     return files
 
 
-def test_toc_lists_readme_then_every_notebook_in_order():
+def test_toc_lists_readme_then_every_notebook_in_order_then_the_docs():
     config = yaml.safe_load((REPO / "myst.yml").read_text())
     notebooks = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "notebooks").glob("*.ipynb"))
-    assert toc_files(config["project"]["toc"]) == ["README.md", *notebooks]
+    files = toc_files(config["project"]["toc"])
+    assert files[:len(notebooks) + 1] == ["README.md", *notebooks]
+    docs = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))
+    assert sorted(files[len(notebooks) + 1:]) == docs  # every page of docs/ on the site
 
 
 def test_site_uses_the_locally_built_theme():

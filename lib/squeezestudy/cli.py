@@ -148,7 +148,7 @@ def _cmd_unseal(args) -> int:
 def _cmd_report(args) -> int:
     from .report import main as report_main
 
-    return report_main(args.readme, check=args.check)
+    return report_main(args.docs or None, check=args.check)
 
 
 def _cmd_tune(args) -> int:
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the README's result tables from outputs/runs "
                                       "(--check: fail if the committed ones differ)")
     p.add_argument("--check", action="store_true", help="compare only; exit 1 if any table differs")
-    p.add_argument("--readme", default=str(paths.README))
+    p.add_argument("docs", nargs="*", help="documents to fill (default: README.md and docs/*.md)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("tune", help="measure this machine's fastest settings per model and cache "

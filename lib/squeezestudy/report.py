@@ -4,6 +4,8 @@ when the committed README differs from what the runs give (CI runs it)."""
 
 from __future__ import annotations
 
+import math
+
 import json
 import re
 from collections.abc import Callable
@@ -13,7 +15,7 @@ import pandas as pd
 
 from . import bench, headline, stats, sweeps, tune
 from .headline import ALEXNET_RUNS, HEADLINE_RUNS
-from .paths import DEPTH_TRAIN_ACCURACY, OUTPUTS, README, RUNS_DIR, WEIGHTS_DIR
+from .paths import DEPTH_TRAIN_ACCURACY, OUTPUTS, README, RUNS_DIR, WEIGHTS_DIR, display_path
 from .results import collect_runs, select
 from .summary import size_mb
 from .train import EXPORT_MAX_BYTES, keeps_weights
@@ -164,16 +166,94 @@ def comparisons(runs: pd.DataFrame, pairs: list[tuple[str, str, str, str]] = COM
 
 
 def comparison_table(runs: pd.DataFrame, pairs: list[tuple[str, str, str, str]] = COMPARISONS) -> str:
+    """Every comparison with its interval, Welch's p and Holm's adjustment over all of them: the
+    reading says whether a difference stands once the number of comparisons is counted."""
+    found = comparisons(runs, pairs)
+    adjusted = stats.holm([c.p if c.testable else math.nan for c in found])
     rows = []
-    for c in comparisons(runs, pairs):
+    for c, p_holm in zip(found, adjusted, strict=True):
         n = f"{c.n_a} / {c.n_b}"
         interval = f"[{100 * c.low:+.2f}, {100 * c.high:+.2f}]" if c.testable else "–"
-        reading = ("a higher" if c.diff > 0 else "a lower") if c.distinguishable else (
-            "not distinguishable" if c.testable else "untested (one seed)")
+        word = "a higher" if c.diff > 0 else "a lower"
+        if not c.testable:
+            reading = "untested (one seed)"
+        elif c.distinguishable and p_holm < 0.05:
+            reading = word
+        elif c.distinguishable:
+            reading = f"{word} alone, not after Holm"
+        else:
+            reading = "not distinguishable"
         rows.append({"a − b": f"{c.label_a} − {c.label_b}", "n (a / b)": n,
                      "difference, points": f"{100 * c.diff:+.2f}", "95% CI": interval,
-                     "p (Welch)": f"{c.p:.2g}" if c.testable else "–", "reading": reading})
-    return _markdown(pd.DataFrame(rows), "lrrrrl")
+                     "p (Welch)": f"{c.p:.2g}" if c.testable else "–",
+                     "p (Holm)": f"{p_holm:.2g}" if c.testable else "–", "reading": reading})
+    return _markdown(pd.DataFrame(rows), "lrrrrrl")
+
+
+def _holm_readings(runs: pd.DataFrame) -> dict[tuple[str, str], tuple[stats.Comparison, float]]:
+    """Every comparison of the table with its Holm-adjusted p, by (label a, label b)."""
+    found = comparisons(runs)
+    adjusted = stats.holm([c.p if c.testable else math.nan for c in found])
+    return {(c.label_a, c.label_b): (c, p) for c, p in zip(found, adjusted, strict=True)}
+
+
+def _said(c: stats.Comparison, p_holm: float) -> str:
+    """A difference in points with its interval, worded no stronger than Holm allows."""
+    text = f"{100 * c.diff:+.2f} [{100 * c.low:+.2f}, {100 * c.high:+.2f}]"
+    if not c.distinguishable:
+        return text + " (not distinguishable)"
+    return text + (" (stands after Holm)" if p_holm < 0.05 else " (alone only, not after Holm)")
+
+
+def _level_verdict(c: stats.Comparison, p_holm: float) -> str:
+    """Whether a network reached a reference's accuracy, no stronger than the interval and Holm."""
+    if not c.distinguishable:
+        return "not distinguishable from it: neither shown reached nor shown missed"
+    if c.diff > 0:
+        return "reached" + ("" if p_holm < 0.05 else " (alone; not after Holm)")
+    return "not reached: below it" + ("" if p_holm < 0.05 else " (alone; not after Holm)")
+
+
+def claims_table(runs: pd.DataFrame) -> str:
+    """The paper's claims and this study's verdicts, each with its interval (README's first screen):
+    differences in test points, 95% CI (Welch), read with Holm's adjustment over all comparisons."""
+    holm = _holm_readings(runs)
+
+    def row(claim: str, evidence: str, verdict: str) -> dict:
+        return {"the paper's claim": claim, "this study (Fashion-MNIST)": evidence, "verdict": verdict}
+
+    chosen = _runs(headline.REGULARISED_60_RUNS, runs)
+    alexnet = _runs(ALEXNET_RUNS, runs)
+    c, p = holm[("headline, 60-epoch regularised", "AlexNet-112")]
+    rows = [row("AlexNet-level accuracy with 50x fewer parameters",
+                f"{int(chosen.params.iloc[0]):,} parameters "
+                f"({alexnet.params.iloc[0] / chosen.params.iloc[0]:.0f}x fewer): "
+                f"{stats.mean_std(chosen.test_acc)}% (n = {len(chosen)}) against AlexNet-112's "
+                f"{stats.mean_std(alexnet.test_acc)}% (n = {len(alexnet)}); difference {_said(c, p)}",
+                _level_verdict(c, p))]
+    files = pd.read_csv(HEADLINE_COMPRESSION_TABLE)
+    deep = files[files.compression.str.startswith("Deep Compression")]
+    best = deep.loc[deep.file_bytes.idxmin()]
+    rows.append(row("< 0.5 MB model; Deep Compression 510x smaller than AlexNet at no loss",
+                    f"the same network, {best.compression[len('Deep Compression, '):]}: "
+                    f"{int(best.file_bytes):,} bytes, {best.x_smaller_than_alexnet:.0f}x smaller than "
+                    f"AlexNet-112's fp32 file, {best.change_points:+.2f} test points (seed 0)",
+                    "< 0.5 MB reached; 500x within 0.5 points not reached"))
+    sr = [holm[k] for k in (("SR 0.5", "SR 0.25"), ("SR 0.75", "SR 0.5"), ("SR 1.0", "SR 0.75"))]
+    rows.append(row("accuracy rises with the squeeze ratio, plateauing at 0.75",
+                    "; ".join(f"SR {a} over {b}: {_said(c, p)}" for (a, b), (c, p) in zip(
+                        (("0.5", "0.25"), ("0.75", "0.5"), ("1.0", "0.75")), sr, strict=True)),
+                    "rises to SR 0.5 (alone); no step above it is distinguishable"))
+    pct = [holm[k] for k in (("3x3 25%", "3x3 1%"), ("3x3 75%", "3x3 50%"), ("3x3 99%", "3x3 75%"))]
+    rows.append(row("a plateau at 50% 3x3 filters in the expand layers",
+                    "; ".join(f"{a} over {b}: {_said(c, p)}" for (a, b), (c, p) in zip(
+                        (("25%", "1%"), ("75%", "50%"), ("99%", "75%")), pct, strict=True)),
+                    "consistent: the gain from 1% stands, none above 50% is distinguishable"))
+    (simple, p_s), (complex_, p_c) = holm[("simple bypass", "no bypass")], holm[("complex bypass", "no bypass")]
+    rows.append(row("simple bypass improves accuracy (more than complex bypass)",
+                    f"simple over none: {_said(simple, p_s)}; complex over none: {_said(complex_, p_c)}",
+                    "complex bypass helps; simple bypass not shown to"))
+    return _markdown(pd.DataFrame(rows), "lll")
 
 
 DEEP_COMPRESSION_TABLE = OUTPUTS / "deep_compression" / "table2.csv"
@@ -325,7 +405,7 @@ def weights_table(runs: pd.DataFrame, weights_dir: str | Path = WEIGHTS_DIR) -> 
 
 
 TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
-    "note": note_table, "sr": sr_table, "pct": pct_table, "bypass": bypass_table,
+    "claims": claims_table, "note": note_table, "sr": sr_table, "pct": pct_table, "bypass": bypass_table,
     "depth": depth_table, "comparisons": comparison_table, "deep_compression": deep_compression_table,
     "headline": headline_table, "headline_compression": headline_compression_table,
     "tuning": tuning_table, "speed": speed_table, "weights": weights_table,
@@ -337,42 +417,63 @@ def render(runs_dir: str | Path = RUNS_DIR) -> dict[str, str]:
     return {name: make(runs) for name, make in TABLES.items()}
 
 
-def update(readme: str, tables: dict[str, str]) -> tuple[str, list[str]]:
-    """The README text with every marked table replaced; and the names whose text changed."""
-    found, changed = set(), []
+def documents() -> list[Path]:
+    """Where the generated tables live: README and every page under docs/."""
+    return [README, *sorted((README.parent / "docs").glob("*.md"))]
 
-    def replace(match: re.Match) -> str:
+
+def update_all(texts: dict[str, str], tables: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Each document's text with its marked tables replaced; and the names whose text changed.
+    Every table appears exactly once across the documents."""
+    where: dict[str, str] = {}
+    changed: list[str] = []
+
+    def replace(document: str, match: re.Match) -> str:
         name = match["name"]
         if name not in tables:
-            raise ReportError(f"README has a report marker {name!r} that no table fills; "
+            raise ReportError(f"{document} has a report marker {name!r} that no table fills; "
                               f"known tables: {', '.join(tables)}")
-        found.add(name)
+        if name in where:
+            raise ReportError(f"the table {name!r} is marked twice, in {where[name]} and {document}; "
+                              "keep one (link to it from the other)")
+        where[name] = document
         if match["body"] != tables[name]:
             changed.append(name)
         return match[1] + tables[name] + match[4]
 
-    text = MARKER.sub(replace, readme)
-    missing = sorted(set(tables) - found)
+    out = {doc: MARKER.sub(lambda m, d=doc: replace(d, m), text) for doc, text in texts.items()}
+    missing = sorted(set(tables) - set(where))
     if missing:
-        raise ReportError(f"README lacks the markers of {', '.join(missing)}: add "
-                          + " ".join(f"<!-- report:{m} --> <!-- /report:{m} -->" for m in missing))
-    return text, changed
+        raise ReportError(f"{', '.join(texts) or 'the documents'} lack the markers of {', '.join(missing)}: "
+                          "add " + " ".join(f"<!-- report:{m} --> <!-- /report:{m} -->" for m in missing))
+    return out, changed
 
 
-def main(readme: str | Path = README, check: bool = False, runs_dir: str | Path = RUNS_DIR) -> int:
-    readme = Path(readme)
-    text, changed = update(readme.read_text(), render(runs_dir))
+def update(readme: str, tables: dict[str, str]) -> tuple[str, list[str]]:
+    """One document's text with every marked table replaced; and the names whose text changed."""
+    out, changed = update_all({"README": readme}, tables)
+    return out["README"], changed
+
+
+def main(docs: str | Path | list[str | Path] | None = None, check: bool = False,
+         runs_dir: str | Path = RUNS_DIR) -> int:
+    """Write (or with `check`, compare) every generated table in README and docs/*.md."""
+    paths = documents() if docs is None else [Path(d) for d in (docs if isinstance(docs, list) else [docs])]
+    texts = {str(p): p.read_text() for p in paths}
+    new, changed = update_all(texts, render(runs_dir))
+    shown = ", ".join(display_path(p) for p in paths)
     if check:
         if changed:
-            print(f"{readme}: tables out of date with {runs_dir}: {', '.join(changed)}; "
-                  "run `squeezestudy report` and commit the README")
+            print(f"{shown}: tables out of date with {runs_dir}: {', '.join(changed)}; "
+                  "run `squeezestudy report` and commit the documents")
             return 1
-        print(f"{readme}: all {len(TABLES)} tables match the runs")
+        print(f"{shown}: all {len(TABLES)} tables match the runs")
         return 0
-    if changed:
-        from . import fileio
+    from . import fileio
 
-        fileio.write_text(readme, text)
-    print(f"{readme}: {len(changed)} of {len(TABLES)} tables updated" + (f" ({', '.join(changed)})"
-                                                                         if changed else ""))
+    for path in paths:
+        if new[str(path)] != texts[str(path)]:
+            fileio.write_text(path, new[str(path)])
+    print(f"{shown}: {len(changed)} of {len(TABLES)} tables updated" + (f" ({', '.join(changed)})"
+                                                                       if changed else ""))
     return 0

@@ -124,6 +124,19 @@ def paired(differences: Sequence[float], label: str = "difference") -> Compariso
                       low, high, p)
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the order given; NaN stays NaN
+    and does not count towards the number of tests."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m = len(tested)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
 def every_round_faster(fast: Sequence[float], slow: Sequence[float], by: float = 1.0) -> bool:
     """Whether every round (timing) of `fast` beat every round of `slow` by the factor `by`.
     With three rounds a side this is a one-sided rank test at p = 0.05 (one of the 20 equally
