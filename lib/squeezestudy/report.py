@@ -4,9 +4,8 @@ when the committed README differs from what the runs give (CI runs it)."""
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
