@@ -1,6 +1,7 @@
-"""The README's result tables, generated from `outputs/`: `squeezestudy report` writes them between
-`<!-- report:NAME -->` and `<!-- /report:NAME -->` markers, `squeezestudy report --check` fails
-when the committed README differs from what the runs give (CI runs it)."""
+"""The result tables of README and docs/*.md, generated from `outputs/`: `squeezestudy report`
+writes each between its `<!-- report:NAME -->` and `<!-- /report:NAME -->` markers, wherever they
+are (once across the documents); `squeezestudy report --check` fails when a committed table
+differs from what the runs give (CI runs it)."""
 
 from __future__ import annotations
 
@@ -248,7 +249,8 @@ def claims_table(runs: pd.DataFrame) -> str:
                     "; ".join(f"{a} over {b}: {_said(c, p)}" for (a, b), (c, p) in zip(
                         (("25%", "1%"), ("75%", "50%"), ("99%", "75%")), pct, strict=True)),
                     "consistent: the gain from 1% stands, none above 50% is distinguishable"))
-    (simple, p_s), (complex_, p_c) = holm[("simple bypass", "no bypass")], holm[("complex bypass", "no bypass")]
+    simple, p_s = holm[("simple bypass", "no bypass")]
+    complex_, p_c = holm[("complex bypass", "no bypass")]
     rows.append(row("simple bypass improves accuracy (more than complex bypass)",
                     f"simple over none: {_said(simple, p_s)}; complex over none: {_said(complex_, p_c)}",
                     "complex bypass helps; simple bypass not shown to"))
