@@ -268,7 +268,10 @@ def deep_compression_table(runs: pd.DataFrame, table: Path = DEEP_COMPRESSION_TA
     if not table.is_file():
         raise ReportError(f"{table} is missing; execute notebooks/{notebook}.ipynb")
     t = pd.read_csv(table)
-    rows = [{"model": r.model, "compression": r.compression, "file size": f"{r.file_bytes / 1e3:,.1f} KB",
+    untrained = " (an untrained model's file: its size depends on the shapes only)"
+    rows = [{"model": r.model,
+             "compression": r.compression + (untrained if r.model == "AlexNet-112" else ""),
+             "file size": f"{r.file_bytes / 1e3:,.1f} KB",
              "x smaller than AlexNet-112 (fp32)": f"{r.x_smaller_than_alexnet:,.0f}x",
              "test accuracy": (stats.mean_std(_runs(ALEXNET_RUNS, runs).test_acc) + " (seeds)"
                                if r.model == "AlexNet-112" else f"{100 * r.test_acc:.2f}"),
