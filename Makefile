@@ -44,9 +44,10 @@ $(KERNEL_SPEC): $(VENV)/.installed
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)"
 	touch $@
 
-# JupyterLab from the venv, on the repository (extra options: make lab LAB_ARGS="--port 9999").
+# JupyterLab from the venv, on the repository (extra options: make lab LAB_ARGS="--port 9999");
+# as root (a container) it passes --allow-root, which JupyterLab otherwise refuses to start without.
 lab: kernel
-	$(VENV)/bin/jupyter lab $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # Pin what .venv has now (after installing or upgrading a package in it).
 constraints: env

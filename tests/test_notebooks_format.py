@@ -81,3 +81,14 @@ def test_cli_check_and_usage(tmp_path, capsys):
     assert notebook_format.main([str(tmp_path / "missing.ipynb")]) == 2
 
 
+
+
+def test_nbval_markers_are_cell_tags_not_comments_a_reader_sees():
+    """nbval reads the `nbval-check-output` tag; a `# NBVAL_...` comment would show in every
+    checked cell, on the site too."""
+    import json
+
+    for path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        assert not [c for c in cells if "NBVAL" in "".join(c["source"])], path.name
+        assert any("nbval-check-output" in c["metadata"].get("tags", []) for c in cells), path.name

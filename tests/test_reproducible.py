@@ -124,3 +124,19 @@ def test_no_committed_file_names_a_folder_of_the_machine_that_wrote_it():
             if MACHINE_PATH.search(line) and "test_reproducible.py" not in name:
                 found.append(f"{name}: {line.strip()[:120]}")
     assert not found, "\n".join(found)
+
+
+def test_a_notebook_without_its_data_says_how_to_point_at_it(tmp_path, monkeypatch, capsys):
+    from squeezestudy import notebook
+
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path))  # a folder without the files
+    with pytest.raises(notebook.DataNeeded, match=r"%env FASHION_MNIST_DIR=/path/to/dir"):
+        notebook.check_data()
+    with pytest.raises(notebook.DataNeeded, match="the directory you passed"):
+        notebook.check_data(str(tmp_path))
+    monkeypatch.delenv(data.ENV_VAR)
+    from conftest import SHARED_COPY
+
+    if SHARED_COPY.is_dir():  # found: the notebook shows nothing
+        notebook.check_data(str(SHARED_COPY))
+        assert capsys.readouterr().out == ""

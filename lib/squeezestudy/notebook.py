@@ -27,3 +27,24 @@ def training_setup(config: TrainConfig, output_dir: str | None, run_name: str | 
         config = dataclasses.replace(config, epochs=1, train_subset=SMOKE_TRAIN_IMAGES)
         return config, SMOKE_RUNS_DIR / name
     return config, (Path(output_dir) if output_dir else RUNS_DIR) / name
+
+
+class DataNeeded(RuntimeError):
+    """The notebook's data is not on this machine (the message says how to point at it)."""
+
+
+def check_data(directory: str | None = None) -> None:
+    """The first thing a notebook that reads Fashion-MNIST does: nothing (no output) when the data
+    is there, a download where it is missing and the machine is online, and otherwise one message
+    saying how to point the notebook at the files, before any other cell fails on them."""
+    from . import data
+
+    try:
+        data.locate(directory, download=True)
+    except data.DataNotFoundError as err:
+        raise DataNeeded(
+            "This notebook reads Fashion-MNIST, and it is not on this machine yet.\n"
+            f"  In a cell: %env {data.ENV_VAR}=/path/to/dir  (the folder of the four IDX files), then "
+            "run the notebook again;\n"
+            f"  or put the files in {data.RAW_DIR}, or run on a machine with internet (it downloads).\n"
+            f"What was looked at: {err}") from None
