@@ -148,3 +148,29 @@ def test_headline_table_adds_each_variant_once_a_seed_has_finished(tmp_path):
     lines = table().splitlines()
     assert lines[3].startswith(f"| {variant} | 100 | yes | 1 | **92.50** | no |")
     assert report.HEADLINE_VARIANTS[headline.REGULARISED_RUNS] not in "".join(lines)
+
+
+def test_tables_live_in_any_document_once(tmp_path):
+    """README and docs pages share the tables: each is filled where its marker is, and a table
+    marked in two documents is an error naming both."""
+    tables = {"a": "| a |\n", "b": "| b |\n"}
+    texts = {"README.md": "<!-- report:a -->\nold\n<!-- /report:a -->\n",
+             "docs/x.md": "text\n<!-- report:b -->\n<!-- /report:b -->\n"}
+    out, changed = report.update_all(texts, tables)
+    assert out["README.md"] == "<!-- report:a -->\n| a |\n<!-- /report:a -->\n"
+    assert out["docs/x.md"].endswith("<!-- report:b -->\n| b |\n<!-- /report:b -->\n")
+    assert sorted(changed) == ["a", "b"]
+    with pytest.raises(report.ReportError, match="marked twice, in README.md and docs/x.md"):
+        report.update_all({**texts, "docs/x.md": texts["docs/x.md"] + texts["README.md"]}, tables)
+    with pytest.raises(report.ReportError, match="together lack the markers of b"):
+        report.update_all({"README.md": texts["README.md"], "docs/y.md": ""}, tables)
+
+
+def test_holm_adjusts_in_order_and_skips_untested():
+    from math import isnan
+
+    from squeezestudy import stats
+
+    adjusted = stats.holm([0.01, float("nan"), 0.04, 0.03])
+    assert adjusted[0] == pytest.approx(0.03) and isnan(adjusted[1])
+    assert adjusted[3] == pytest.approx(0.06) and adjusted[2] == pytest.approx(0.06)  # monotone

@@ -43,12 +43,12 @@ def fire_module(fire: nn.Module, in_channels: int, size: int, path: str | Path |
     e1, e3 = fire.expand1x1.out_channels, fire.expand3x3.out_channels
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     _box(ax, 0, 4, 3.2, 0.6, f"input  {size}x{size}x{in_channels}", PLAIN)
-    _box(ax, 0, 2.8, 3.2, 0.7, f"squeeze: {s} filters 1x1 + ReLU\n{count_parameters(fire.squeeze):,} parameters",
-         SQUEEZE)
-    _box(ax, -1.7, 1.4, 3.0, 0.7, f"expand: {e1} filters 1x1 + ReLU\n{count_parameters(fire.expand1x1):,} parameters",
-         EXPAND)
-    _box(ax, 1.7, 1.4, 3.0, 0.7, f"expand: {e3} filters 3x3 + ReLU\n{count_parameters(fire.expand3x3):,} parameters",
-         EXPAND)
+    def layer(kind: str, n: int, k: int, conv: nn.Module) -> str:
+        return f"{kind}: {n} filters {k}x{k} + ReLU\n{count_parameters(conv):,} parameters"
+
+    _box(ax, 0, 2.8, 3.2, 0.7, layer("squeeze", s, 1, fire.squeeze), SQUEEZE)
+    _box(ax, -1.7, 1.4, 3.0, 0.7, layer("expand", e1, 1, fire.expand1x1), EXPAND)
+    _box(ax, 1.7, 1.4, 3.0, 0.7, layer("expand", e3, 3, fire.expand3x3), EXPAND)
     _box(ax, 0, 0, 3.6, 0.6, f"concatenate: {size}x{size}x{e1 + e3}", CONCAT)
     _arrow(ax, (0, 3.7), (0, 3.15), f"{in_channels} channels")
     _arrow(ax, (-0.4, 2.45), (-1.5, 1.75), f"{s}")
@@ -85,7 +85,7 @@ def macro_architecture(model: nn.Module, path: str | Path | None = None) -> plt.
     each Fire module's output channels come from `model` (v1.0 built by `models.build`)."""
     stages = _stages(model)
     fires = [m for m in model.features if type(m).__name__ == "Fire"]
-    out_ch = {f"fire{i + 2}": f.expand1x1.out_channels + f.expand3x3.out_channels for i, f in enumerate(fires)}
+    out_ch = {f"fire{i + 2}": f.out_channels for i, f in enumerate(fires)}
     in_ch = {f"fire{i + 2}": f.squeeze.in_channels for i, f in enumerate(fires)}
     fig, axes = plt.subplots(1, 3, figsize=(11, 7.4))
     titles = ("no bypass", "simple bypass", "complex bypass")
@@ -131,7 +131,8 @@ def strategy_parameters(in_channels: int = 96, filters: int = 128, squeeze: int 
         "all 3x3": [conv(in_channels, filters, 3)],
         "half 1x1 (strategy 1)": [conv(in_channels, half, 1), conv(in_channels, half, 3)],
         "squeeze first (strategy 2)": [conv(in_channels, squeeze, 1), conv(squeeze, filters, 3)],
-        "Fire module (1 and 2)": [conv(in_channels, squeeze, 1), conv(squeeze, half, 1), conv(squeeze, half, 3)],
+        "Fire module (1 and 2)": [conv(in_channels, squeeze, 1), conv(squeeze, half, 1),
+                                  conv(squeeze, half, 3)],
     }
     return pd.DataFrame({"layer": list(layers),
                          "parameters": [sum(count_parameters(m) for m in ms) for ms in layers.values()]})

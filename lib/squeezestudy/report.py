@@ -448,7 +448,9 @@ def update_all(texts: dict[str, str], tables: dict[str, str]) -> tuple[dict[str,
     out = {doc: MARKER.sub(lambda m, d=doc: replace(d, m), text) for doc, text in texts.items()}
     missing = sorted(set(tables) - set(where))
     if missing:
-        raise ReportError(f"{', '.join(texts) or 'the documents'} lack the markers of {', '.join(missing)}: "
+        verb = "lacks" if len(texts) == 1 else "together lack"
+        raise ReportError(f"{', '.join(texts) or 'the documents'} {verb} the markers of "
+                          f"{', '.join(missing)}: "
                           "add " + " ".join(f"<!-- report:{m} --> <!-- /report:{m} -->" for m in missing))
     return out, changed
 
