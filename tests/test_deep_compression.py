@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -107,7 +109,7 @@ def test_choose_takes_the_smallest_file_within_half_a_validation_point(tmp_path)
     chosen = dc.choose(table)
     assert chosen.loc[6, "name"] == "m-s0-dc-d0.7-6bit" and chosen.loc[8, "name"] == "m-s0-dc-d1-8bit"
     assert isinstance(chosen, pd.DataFrame)
-    with pytest.raises(FileNotFoundError, match="run scripts/deep_compression_grid.sh"):
+    with pytest.raises(FileNotFoundError, match="squeezestudy deep-compression"):
         dc.records(tmp_path, "missing")
 
 
@@ -149,3 +151,27 @@ def test_retraining_follows_the_label_smoothing_it_is_given():
         trained.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(trained[0], trained[2])  # deterministic, so the difference below is the loss's
     assert not torch.equal(trained[0], trained[1])
+
+
+def test_the_grids_are_a_command_of_the_package(tmp_path, monkeypatch):
+    """`squeezestudy deep-compression run RUN` compresses the run's weights with its own recipe's
+    regularisation, every recipe of the grid (compress_run itself is tested above)."""
+    from squeezestudy import cli, dc_grid, deep_compression
+
+    calls = []
+
+    def fake(weights, model, kwargs, density, bits, out_dir, **options):
+        calls.append((Path(weights).name, model, density, bits, options["prune_epochs"],
+                      options["augment"], options["label_smoothing"]))
+        return {"name": f"{density}-{bits}", "file_bytes": 1, "val_acc": 0.5}
+
+    monkeypatch.setattr(deep_compression, "compress_run", fake)
+    names = dc_grid.run_grid("run", "headline-b96aug60-s0", jobs=1, out_dir=tmp_path, log_dir=tmp_path,
+                             echo=lambda *a: None)
+    assert len(names) == 6 and len(calls) == 6
+    assert {c[:2] for c in calls} == {("headline-b96aug60-s0.pt", "squeezenet_design")}
+    assert {c[4:] for c in calls} == {(4, True, 0.1)}  # 4 + 1 epochs, the run's augmentation, smoothing
+    assert (tmp_path / "deep-compression-headline-b96aug60-s0.log").read_text().count('"name"') == 6
+    with pytest.raises(ValueError, match="compresses a finished run: name it"):
+        dc_grid.run_grid("long", None, jobs=1, out_dir=tmp_path, log_dir=tmp_path)
+    assert cli.main(["deep-compression", "long"]) == 2  # a usage error, one line

@@ -145,6 +145,13 @@ def _cmd_unseal(args) -> int:
     return 0
 
 
+def _cmd_deep_compression(args) -> int:
+    from .dc_grid import run_grid
+
+    run_grid(args.grid, args.run, jobs=args.jobs)
+    return 0
+
+
 def _cmd_report(args) -> int:
     from .report import main as report_main
 
@@ -248,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", help="also write this machine's results to this JSON file "
                                     "(the README's tuning table reads outputs/benchmarks/tuning.json)")
     p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("deep-compression", help="the Deep Compression grids of notebooks 11 and 12")
+    p.add_argument("grid", choices=["one-fire", "headline", "run", "long"])
+    p.add_argument("run", nargs="?", help="the finished run to compress (grids run and long)")
+    p.add_argument("--jobs", type=int, default=2, help="lanes of recipes at a time, one thread each")
+    p.set_defaults(func=_cmd_deep_compression)
 
     p = sub.add_parser("unseal", help="open the test split once for sealed runs of a frozen recipe")
     p.add_argument("runs", nargs="+", help="run names, or a recipe's prefix for all its seeds")

@@ -335,7 +335,7 @@ def records(out_dir: str | Path, source: str) -> pd.DataFrame:
     found = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob(f"{source}-dc-*.json"))]
     if not found:
         raise FileNotFoundError(f"no Deep Compression record of {source} in {out_dir}; run "
-                                "scripts/deep_compression_grid.sh first")
+                                "`squeezestudy deep-compression` first")
     table = pd.DataFrame(found)
     table["file_KB"] = table.file_bytes / 1000
     table["val_change"] = 100 * (table.val_acc - table.uncompressed.map(lambda u: u["val_acc"]))
