@@ -135,8 +135,7 @@ def test_a_notebook_without_its_data_says_how_to_point_at_it(tmp_path, monkeypat
     with pytest.raises(notebook.DataNeeded, match="the directory you passed"):
         notebook.check_data(str(tmp_path))
     monkeypatch.delenv(data.ENV_VAR)
-    from conftest import SHARED_COPY
-
-    if SHARED_COPY.is_dir():  # found: the notebook shows nothing
-        notebook.check_data(str(SHARED_COPY))
+    shared = REPO_ROOT.parent / "shared" / "datasets" / "fashion-mnist"
+    if shared.is_dir():  # found: the notebook shows nothing
+        notebook.check_data(str(shared))
         assert capsys.readouterr().out == ""
