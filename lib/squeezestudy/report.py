@@ -257,6 +257,29 @@ def claims_table(runs: pd.DataFrame) -> str:
     return _markdown(pd.DataFrame(rows), "lll")
 
 
+SEARCH_BASE = "headline-b96aug60-s0"  # the first round's chosen recipe, seed 0 (the plan's baseline)
+SEARCH_RUNS = r"headline2-.+"
+HELPS_POINTS = 0.2  # the plan's rule: a change helps when seed 0 gains this much validation
+
+
+def search_table(runs: pd.DataFrame) -> str:
+    """The second headline round's finished runs (docs/headline-search.md), on validation only:
+    each against the base recipe's seed 0 by the plan's rule. Sealed runs have no test number."""
+    first = runs[runs.run == SEARCH_BASE].iloc[0]
+    base = first.val_acc
+    found = select(runs, SEARCH_RUNS)  # none yet is no error: the plan came first
+    rows = [{"run": f"`{SEARCH_BASE}` (base)", "parameters": f"{int(first.params):,}",
+             "epochs": int(first.epochs), "validation": f"{100 * base:.2f}", "against base, points": "",
+             "helps (≥ +0.2)": "", "test": "known (first round)"}]
+    for r in found.sort_values("run").itertuples():
+        gain = 100 * (r.val_acc - base)
+        rows.append({"run": f"`{r.run}`", "parameters": f"{int(r.params):,}", "epochs": int(r.epochs),
+                     "validation": f"{100 * r.val_acc:.2f}", "against base, points": f"{gain:+.2f}",
+                     "helps (≥ +0.2)": "yes" if gain >= HELPS_POINTS else "no",
+                     "test": "sealed" if pd.isna(r.test_acc) else f"{100 * r.test_acc:.2f} (unsealed)"})
+    return _markdown(pd.DataFrame(rows), "lrrrrll")
+
+
 DEEP_COMPRESSION_TABLE = OUTPUTS / "deep_compression" / "table2.csv"
 HEADLINE_COMPRESSION_TABLE = OUTPUTS / "deep_compression" / "table2_headline.csv"
 
@@ -412,7 +435,7 @@ TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "claims": claims_table, "note": note_table, "sr": sr_table, "pct": pct_table, "bypass": bypass_table,
     "depth": depth_table, "comparisons": comparison_table, "deep_compression": deep_compression_table,
     "headline": headline_table, "headline_compression": headline_compression_table,
-    "tuning": tuning_table, "speed": speed_table, "weights": weights_table,
+    "tuning": tuning_table, "speed": speed_table, "weights": weights_table, "search": search_table,
 }
 
 
