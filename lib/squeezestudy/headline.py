@@ -69,7 +69,9 @@ def parameter_budget(alexnet_params: int) -> int:
 
 def study_points(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per setting of the study: parameters, fp32 weight bytes (4 a parameter), seeds,
-    test accuracy mean and sample std, validation mean; in the study's order."""
+    test accuracy mean and sample std, validation mean; in the study's order. Runs whose test
+    split is still sealed (the second round's search) have no test accuracy and are left out."""
+    runs = runs[runs.test_acc.notna()]
     runs = runs.assign(setting=runs.run.map(setting_name))
     test = stats.aggregate(runs, "setting")
     grouped = runs.groupby("setting", sort=False)
