@@ -159,6 +159,7 @@ def test_the_grids_are_a_command_of_the_package(tmp_path, monkeypatch):
     from squeezestudy import cli, dc_grid, deep_compression
 
     calls = []
+    threads = torch.get_num_threads()
 
     def fake(weights, model, kwargs, density, bits, out_dir, **options):
         calls.append((Path(weights).name, model, density, bits, options["prune_epochs"],
@@ -169,6 +170,7 @@ def test_the_grids_are_a_command_of_the_package(tmp_path, monkeypatch):
     names = dc_grid.run_grid("run", "headline-b96aug60-s0", jobs=1, out_dir=tmp_path, log_dir=tmp_path,
                              echo=lambda *a: None)
     assert len(names) == 6 and len(calls) == 6
+    assert torch.get_num_threads() == threads  # restored after the in-process lanes
     assert {c[:2] for c in calls} == {("headline-b96aug60-s0.pt", "squeezenet_design")}
     assert {c[4:] for c in calls} == {(4, True, 0.1)}  # 4 + 1 epochs, the run's augmentation, smoothing
     assert (tmp_path / "deep-compression-headline-b96aug60-s0.log").read_text().count('"name"') == 6

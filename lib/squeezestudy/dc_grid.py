@@ -85,16 +85,22 @@ def _lane(source: Source, recipes: tuple[Recipe, ...], prune_epochs: int, share_
 
     from . import deep_compression
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     names = []
-    with open(log_file, "a") as log:
-        for density, bits in recipes:
-            record = deep_compression.compress_run(
-                source.weights, source.model, source.model_kwargs, density, bits, out_dir,
-                prune_epochs=prune_epochs, share_epochs=share_epochs, lr=1e-4, augment=source.augment,
-                label_smoothing=source.label_smoothing, log=lambda line: print(line, file=log, flush=True))
-            print(json.dumps({k: record[k] for k in ("name", "file_bytes", "val_acc")}), file=log, flush=True)
-            names.append(record["name"])
+    try:
+        with open(log_file, "a") as log:
+            for density, bits in recipes:
+                record = deep_compression.compress_run(
+                    source.weights, source.model, source.model_kwargs, density, bits, out_dir,
+                    prune_epochs=prune_epochs, share_epochs=share_epochs, lr=1e-4, augment=source.augment,
+                    label_smoothing=source.label_smoothing,
+                    log=lambda line: print(line, file=log, flush=True))
+                print(json.dumps({k: record[k] for k in ("name", "file_bytes", "val_acc")}), file=log,
+                      flush=True)
+                names.append(record["name"])
+    finally:  # a lane run in the caller's process (jobs=1) leaves its threads as they were
+        torch.set_num_threads(threads)
     return names
 
 
