@@ -83,3 +83,28 @@ def cpu_kind(request):
     else:
         with machine.simulate(request.param) as simulated:
             yield simulated
+
+
+@pytest.fixture
+def interrupted_fit(monkeypatch):
+    """fit(...) stopped by Ctrl-C at its n-th evaluation (validation and test count one each; a
+    sealed run evaluates validation only): `interrupted_fit(n, config, data, out_dir)`. The
+    run's checkpoint of the epochs before stays on disk, for a resume."""
+    import squeezestudy.train as train_module
+
+    def run(n: int, *args, **kwargs) -> None:
+        real, calls = train_module.evaluate, []
+
+        def interrupting(*a, **kw):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*a, **kw)
+
+        monkeypatch.setattr(train_module, "evaluate", interrupting)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                train_module.fit(*args, quiet=True, **kwargs)
+        finally:
+            monkeypatch.setattr(train_module, "evaluate", real)
+    return run

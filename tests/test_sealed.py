@@ -63,7 +63,7 @@ def test_unseal_refuses_runs_that_were_not_sealed_or_do_not_exist(small_fashion_
         sealed.unseal(["nothing"], small_fashion_mnist, tmp_path, tmp_path / "log.csv")
 
 
-def test_the_moving_average_is_evaluated_kept_and_resumed(small_fashion_mnist, tmp_path, monkeypatch):
+def test_the_moving_average_is_evaluated_kept_and_resumed(small_fashion_mnist, tmp_path, interrupted_fit):
     cfg = TrainConfig(**{**FAST, "epochs": 3}, ema=0.9, erase=0.5, augment=True, sealed=True)
     straight = fit(cfg, small_fashion_mnist, out_dir=tmp_path / "a", quiet=True)
     kept, _ = load_trained_model(tmp_path / "a")
@@ -73,19 +73,7 @@ def test_the_moving_average_is_evaluated_kept_and_resumed(small_fashion_mnist, t
     raw = next(iter(state["model"].values()))
     assert "ema" in state and not torch.equal(raw, next(iter(kept.state_dict().values())))
 
-    import squeezestudy.train as train_module
-    real, calls = train_module.evaluate, []
-
-    def interrupting(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:  # sealed: one evaluation an epoch, so in epoch 3
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "evaluate", interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, small_fashion_mnist, out_dir=tmp_path / "b", quiet=True)
-    monkeypatch.setattr(train_module, "evaluate", real)
+    interrupted_fit(3, cfg, small_fashion_mnist, out_dir=tmp_path / "b")  # sealed: in epoch 3
     resumed = fit(cfg, small_fashion_mnist, out_dir=tmp_path / "b", quiet=True, resume=True)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(),
                             strict=True):

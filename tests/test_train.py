@@ -33,22 +33,12 @@ def test_same_seed_same_numbers(small_fashion_mnist):
     assert not a.history[cols].equals(c.history[cols])
 
 
-def test_resume_ends_with_the_same_weights(small_fashion_mnist, tmp_path, monkeypatch):
+def test_resume_ends_with_the_same_weights(small_fashion_mnist, tmp_path, interrupted_fit):
     cfg = TrainConfig(**{**FAST, "model": "squeezenet_fmnist"}, epochs=3, augment=True)
     straight = fit(cfg, small_fashion_mnist, out_dir=tmp_path / "a", quiet=True)
 
     # Interrupt a second run in epoch 3 (its 5th evaluation), after epoch 2's checkpoint.
-    import squeezestudy.train as train_module
-    real_evaluate, calls = train_module.evaluate, []
-    def interrupting_evaluate(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-    monkeypatch.setattr(train_module, "evaluate", interrupting_evaluate)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, small_fashion_mnist, out_dir=tmp_path / "b", quiet=True)
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    interrupted_fit(5, cfg, small_fashion_mnist, out_dir=tmp_path / "b")
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["epoch"] == 2
 
     resumed = fit(cfg, small_fashion_mnist, out_dir=tmp_path / "b", quiet=True, resume=True)
