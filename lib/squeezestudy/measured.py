@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import fileio, machine
-from .paths import OUTPUTS, SMOKE_ENV
+from .paths import OUTPUTS, smoke_mode
 
 RECORDS = OUTPUTS / "measured" / "int8.json"
 REMEASURE_ENV = "SQUEEZESTUDY_REMEASURE"
@@ -29,10 +29,6 @@ REMEASURE_ENV = "SQUEEZESTUDY_REMEASURE"
 
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _smoke() -> bool:
-    return os.environ.get(SMOKE_ENV, "") not in ("", "0", "false")
 
 
 def _remeasure() -> bool:
@@ -63,7 +59,7 @@ def recorded(key: str, fingerprint: dict, compute: Callable[[], dict],
     if entry and entry.get("fingerprint") == fingerprint and not _remeasure():
         return entry["result"]
     result = compute()
-    if not _smoke():
+    if not smoke_mode():
         records[key] = {"fingerprint": fingerprint, "result": result,
                         "machine": machine.current().describe(),
                         "measured_on": time.strftime("%Y-%m-%d")}

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
-from .paths import RUNS_DIR, SMOKE_ENV, SMOKE_RUNS_DIR
+from .paths import RUNS_DIR, SMOKE_RUNS_DIR, smoke_mode  # noqa: F401 (notebooks import it from here)
 from .train import TrainConfig
 
 SMOKE_TRAIN_IMAGES = 2_000
-
-
-def smoke_mode() -> bool:
-    """True when $SQUEEZESTUDY_SMOKE is set to 1 (CI's nbval run): notebooks then train
-    1 epoch on 2,000 images and write under outputs/smoke/, leaving full results alone."""
-    return os.environ.get(SMOKE_ENV, "") not in ("", "0", "false")
 
 
 def training_setup(config: TrainConfig, output_dir: str | None, run_name: str | None

@@ -35,6 +35,12 @@ FIGURES_DIR = OUTPUTS / "figures"
 DEPTH_TRAIN_ACCURACY = OUTPUTS / "depth" / "train_accuracy.csv"  # notebook 09; checkpoints are not committed
 
 
+def smoke_mode() -> bool:
+    """True when $SQUEEZESTUDY_SMOKE is set to 1 (CI's nbval run): notebooks then train
+    1 epoch on 2,000 images and write under outputs/smoke/, leaving full results alone."""
+    return os.environ.get(SMOKE_ENV, "") not in ("", "0", "false")
+
+
 class OutputDirError(ValueError):
     """An output directory that cannot be created or written to."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from pathlib import Path
 
@@ -76,8 +77,6 @@ def unseal(names: list[str], dataset: fmnist.FashionMNIST | None = None, runs_di
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         metrics = {**metrics, "test_acc": test_acc, "test_loss": test_loss, "unsealed_at": stamp,
                    "files": {**metrics["files"], rundir.PREDICTIONS: rundir.sha256_bytes(predictions)}}
-        import json
-
         fileio.write_text(runs_dir / run / rundir.METRICS, json.dumps(metrics, indent=2) + "\n")
         _append(Path(log), {"run": run, "unsealed_at": stamp, "val_acc": metrics["val_acc"],
                             "test_acc": test_acc, "test_loss": test_loss})

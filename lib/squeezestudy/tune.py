@@ -61,10 +61,6 @@ def cache_path() -> Path:
     return base / "squeezestudy" / "tuning.json"
 
 
-def cpu_model() -> str:
-    return machine.current().cpu_model
-
-
 def machine_key(device: torch.device) -> str:
     """What the machine is, as far as speed goes."""
     here = machine.current()

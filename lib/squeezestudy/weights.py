@@ -23,7 +23,8 @@ from torch import nn
 from . import data, fileio
 from .paths import RUNS_DIR, WEIGHTS_DIR
 from .rundir import read_metrics, read_weights
-from .train import CHECKPOINT, TrainConfig, build_model, load_trained_model
+from .summary import weight_bytes
+from .train import CHECKPOINT, TrainConfig, build_model, keeps_weights, load_trained_model
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -69,8 +70,7 @@ def _missing(run: str, weights_dir: str | Path, runs_dir: str | Path) -> str:
     metrics_file = Path(runs_dir) / run / "metrics.json"
     if metrics_file.is_file():
         metrics = read_metrics(metrics_file)
-        size = metrics["params"] * 4
-        from .train import keeps_weights
+        size = weight_bytes(metrics["params"])
 
         if not keeps_weights(metrics["params"]):
             return (f"{run!r} is a finished run, but its weights ({size / 1e6:.0f} MB in fp32) are over "
