@@ -76,7 +76,7 @@ def _missing(run: str, weights_dir: str | Path, runs_dir: str | Path) -> str:
             return (f"{run!r} is a finished run, but its weights ({size / 1e6:.0f} MB in fp32) are over "
                     "the repository's size limit and are not committed. To have them, train it again "
                     f"on a GPU: `squeezestudy batch --profile full --only {run} --force --gpus 0` "
-                    "(README, 'GPU runs'; on a CPU one run takes hours), then "
+                    "(docs/gpu.md; on a CPU one run takes hours), then "
                     f"`python -m squeezestudy.weights export {run}`.")
         return (f"{run!r} is a finished run, but {path(run, weights_dir)} is missing: restore it with "
                 f"`git checkout -- {path(run, weights_dir)}`, or export it from the run's checkpoint "
