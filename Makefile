@@ -64,7 +64,7 @@ bench: env
 tune: env
 	$(PY) -m squeezestudy.cli tune
 
-# The rendered site, offline (README "The rendered site"): the MyST book theme is built from its
+# The rendered site, offline (docs/environment.md, "The rendered site"): the MyST book theme is built from its
 # vendored source site/book-theme into $(THEME) (npm ci, then its Remix build), and Jupyter Book
 # renders README and the executed notebooks (never re-run) against it into _build/html.
 THEME := _build/book-theme

@@ -56,7 +56,7 @@ class ClusterTarget:
         if remote and (jobs is not None or gpus is not None):
             raise ClusterError("--jobs and --gpus start a local cluster; with --scheduler the "
                                "cluster's workers set the parallelism and their GPUs "
-                               "(dask worker --resources GPU=1, see README, On a cluster)")
+                               "(dask worker --resources GPU=1, see docs/batch.md, On a cluster)")
         if jobs is not None and jobs < 1:
             raise ClusterError(f"--jobs must be at least 1, got {jobs}")
         if gpus is not None and (not gpus or not all(g.strip() for g in gpus)):
@@ -144,7 +144,7 @@ def connect(target: ClusterTarget, root: Path, echo) -> Iterator:
                                 timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
             except (OSError, TimeoutError) as err:
                 raise ClusterError(f"cannot reach {where}: {err}. Is `dask scheduler` running "
-                                   "there? (README, On a cluster)") from None
+                                   "there? (docs/batch.md, On a cluster)") from None
             try:
                 client.wait_for_workers(1, timeout=WORKER_WAIT_S)
             except TimeoutError:
@@ -315,7 +315,7 @@ class _Batch:
     def retry(self, run: Run, attempt: int) -> bool:
         """A worker died holding `run`: submit it again if it had not started there, or if this
         was the first worker to die running it. The scheduler must not retry by itself (a local
-        cluster's does not: allowed-failures 0; README, On a cluster)."""
+        cluster's does not: allowed-failures 0; docs/batch.md, On a cluster)."""
         self.drain_events()
         ran = run.name in self.started
         self.started.discard(run.name)

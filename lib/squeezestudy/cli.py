@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate and list, run nothing")
     p.set_defaults(func=_cmd_batch)
 
-    p = sub.add_parser("report", help="write the README's result tables from outputs/runs "
+    p = sub.add_parser("report", help="write the result tables of README and docs/ from outputs/runs "
                                       "(--check: fail if the committed ones differ)")
     p.add_argument("--check", action="store_true", help="compare only; exit 1 if any table differs")
     p.add_argument("docs", nargs="*", help="documents to fill (default: README.md and docs/*.md)")
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-training", metavar="PROFILE",
                    help="tune only the models of PROFILE's training runs that are not done yet")
     p.add_argument("--record", help="also write this machine's results to this JSON file "
-                                    "(the README's tuning table reads outputs/benchmarks/tuning.json)")
+                                    "(docs/speed.md's tuning table reads outputs/benchmarks/tuning.json)")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("deep-compression", help="the Deep Compression grids of notebooks 11 and 12")
