@@ -78,11 +78,11 @@ def test_a_training_notebook_has_its_run_directory(project, monkeypatch):
 
 
 def test_the_run_directory_rule_is_the_notebooks():
-    from squeezestudy import batch, notebook, train
+    from squeezestudy import batch, notebook, paths, train
 
     assert train.RUNS_DIR == train.REPO_ROOT / batch.RUNS_SUBDIR
     assert notebook.SMOKE_RUNS_DIR == train.REPO_ROOT / batch.SMOKE_RUNS_SUBDIR
-    assert notebook.SMOKE_ENV == batch.SMOKE_ENV
+    assert notebook.smoke_mode is paths.smoke_mode and paths.SMOKE_ENV == batch.SMOKE_ENV
 
 
 def test_unknown_or_mistyped_parameter_runs_nothing(project, capsys):
