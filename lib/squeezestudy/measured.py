@@ -6,9 +6,10 @@ AVX2 and on AVX-512 CPUs, so the same int8 model scores 0.9074 on one machine an
 another (at 1 and at 2 threads alike: outputs/logs/int8-by-cpu-2026-12-06.log). Re-executing a
 notebook must not rewrite a committed result with another machine's rounding, so `recorded` keeps
 each such result in outputs/measured/int8.json with the fingerprint of what it was computed from
-(the fp32 weights' SHA-256 and the data it was evaluated on) and the machine that computed it. While the fingerprint matches, the record is read
-back; a changed input (new weights) measures again and replaces it. To measure on this machine
-anyway: SQUEEZESTUDY_REMEASURE=1. Smoke runs (CI's nbval) never write the committed records.
+(the fp32 weights' SHA-256 and the data it was evaluated on) and the machine that computed it.
+While the fingerprint matches, the record is read back; a changed input (new weights) measures
+again and replaces it. To measure on this machine anyway: SQUEEZESTUDY_REMEASURE=1. Smoke runs
+(CI's nbval) never write the committed records.
 """
 
 from __future__ import annotations
