@@ -9,7 +9,7 @@ JOBS ?= 1
 NBVAL := --nbval-lax --nbval-sanitize-with .nbval-sanitize.cfg
 KERNEL_SPEC := $(VENV)/share/jupyter/kernels/python3/.squeezestudy
 
-.PHONY: study test lint smoke bench tune env lab kernel constraints site theme
+.PHONY: study test lint smoke bench tune env lab kernel constraints site
 
 env: $(VENV)/.installed
 
@@ -64,24 +64,8 @@ bench: env
 tune: env
 	$(PY) -m squeezestudy.cli tune
 
-# The rendered site, offline (docs/environment.md, "The rendered site"): the MyST book theme is built from its
-# vendored source site/book-theme into $(THEME) (npm ci, then its Remix build), and Jupyter Book
-# renders README and the executed notebooks (never re-run) against it into _build/html.
-THEME := _build/book-theme
-THEME_SRC := $(shell find site/book-theme -type f)
-
-site: env theme
-	$(VENV)/bin/jupyter-book build --html
-
-theme: $(THEME)/build/index.js
-
-$(THEME)/node_modules/.package-lock.json: site/book-theme/package-lock.json
-	mkdir -p $(THEME)
-	cp site/book-theme/package.json site/book-theme/package-lock.json $(THEME)/
-	cd $(THEME) && npm ci --ignore-scripts --no-audit --no-fund
-	touch $@
-
-$(THEME)/build/index.js: $(THEME)/node_modules/.package-lock.json $(THEME_SRC)
-	rm -rf $(THEME)/app $(THEME)/styles $(THEME)/build $(THEME)/public
-	cp -r site/book-theme/. $(THEME)/
-	cd $(THEME) && npm run build
+# The rendered site (docs/environment.md, "The rendered site"): Sphinx with myst-nb and the book
+# theme, all pip packages, renders README, the committed notebooks (never re-run) and docs/ into
+# _build/html, in the order of site/_toc.yml. Warnings (a broken link, a missing page) fail it.
+site: env
+	$(VENV)/bin/sphinx-build -q -W --keep-going -b html -c site . _build/html

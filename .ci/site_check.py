@@ -4,7 +4,9 @@ it loads (its title, no script error, no failed or off-machine request), that ev
 loaded (naturalWidth > 0) and the article shows at least as many as its source has (a notebook's
 image outputs, README's markdown images), and that every internal link leads to a page or file
 that exists (and to an element with that id, for a #fragment). The sidebar must list the toc of
-myst.yml in order. A screenshot of the landing page is kept as _build/site-landing.png (a CI artifact).
+site/_toc.yml in order. At 1366 px, the width of a common laptop, neither a page nor any notebook
+cell (code or output) may scroll sideways. A screenshot of the landing page is kept as
+_build/site-landing.png (a CI artifact).
 
     .venv/bin/python .ci/site_check.py [SITE_DIR]       (default: _build/html)
     .venv/bin/python .ci/site_check.py --serve          (only serve it, to read it in a browser)
@@ -30,7 +32,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cdp import Browser, CDPError  # noqa: E402
-from squeezestudy import fileio  # noqa: E402
+
+from squeezestudy.core import fileio  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "_build" / "site-landing.png"
@@ -55,22 +58,18 @@ INSPECT = """(async () => {
     figures: article.querySelectorAll('img').length,
     tables: article.querySelectorAll('table').length,
     math: article.querySelectorAll('.katex').length,
-    toc: Array.from(document.querySelectorAll('nav a.myst-toc-item')).map(a => a.getAttribute('href')),
-    noCss: (d => !d || getComputedStyle(d).getPropertyValue('--has-styling') === '')(
-             document.getElementById('myst-no-css')),
+    toc: Array.from(document.querySelectorAll('nav.bd-docs-nav a.reference.internal')).map(a => a.href),
+    noCss: getComputedStyle(document.documentElement).getPropertyValue('--pst-color-primary').trim() === '',
+    pageScrollsSideways: document.documentElement.scrollWidth > window.innerWidth + 1,
+    cellsScrollingSideways: Array.from(article.querySelectorAll('div.cell, div.cell *'))
+      .filter(e => e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible')
+      .length,
   };
 })()"""
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves /page from page/index.html without the redirect to /page/ that http.server does:
-    the theme reloads a page whose URL changed before it started (an endless loop)."""
-
-    def translate_path(self, path: str) -> str:
-        local = Path(super().translate_path(path))
-        if local.is_dir() and (local / "index.html").is_file():
-            return str(local / "index.html")
-        return str(local)
+    """Python's own static server (what a reader runs: `python -m http.server`), without its log."""
 
     def log_message(self, *args) -> None:
         pass
@@ -83,24 +82,42 @@ def serve(site: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def expected_toc(site: Path) -> list[str]:
-    """The pages' links in the order of myst.yml's toc (as MyST resolved it into config.json)."""
-    project = json.loads((site / "config.json").read_text())["projects"][0]
-    return ["/"] + [f"/{page['slug']}" for page in project["pages"] if page.get("slug")]
+TOC = REPO / "site" / "_toc.yml"
+LANDING = ("/", "/index.html", "/README.html")  # the landing page is README, also served at /
 
 
-def expected_figures(site: Path) -> dict[str, int]:
-    """Each page's least number of images, from its source (myst.yml's toc, in the order of the
-    site's pages): a notebook's image outputs, README's markdown images. A page that renders
-    fewer lost a figure, even when every image it does show loads."""
-    files = [e["file"] for e in yaml.safe_load((REPO / "myst.yml").read_text())["project"]["toc"]]
-    pages = expected_toc(site)
-    if len(pages) != len(files):  # a site of another toc: the sidebar check reports it
-        return {}
+def toc_files(toc: Path = TOC) -> list[str]:
+    """The site's sources in the order of its toc (without suffix): the root, then every chapter."""
+    config = yaml.safe_load(toc.read_text())
+    return [config["root"]] + [c["file"] for part in config.get("parts", []) for c in part["chapters"]]
+
+
+def page_path(path: str) -> str:
+    """A site path as the checks name it: the landing page's names as /."""
+    return "/" if path in LANDING or path == "" else path
+
+
+def expected_toc(toc: Path = TOC) -> list[str]:
+    """The pages' paths in the order of the toc."""
+    return ["/"] + [f"/{f}.html" for f in toc_files(toc)[1:]]
+
+
+def source_of(file: str) -> Path:
+    for suffix in (".md", ".ipynb"):
+        if (REPO / (file + suffix)).is_file():
+            return REPO / (file + suffix)
+    raise FileNotFoundError(f"{file} in the toc has no .md or .ipynb source")
+
+
+def expected_figures(toc: Path = TOC) -> dict[str, int]:
+    """Each page's least number of images, from its source: a notebook's image outputs, a markdown
+    page's images. A page that renders fewer lost a figure, even when every image it does show
+    loads."""
     counts = {}
-    for path, source in zip(pages, files, strict=True):
-        text = (REPO / source).read_text()
-        if source.endswith(".ipynb"):
+    for path, file in zip(expected_toc(toc), toc_files(toc), strict=True):
+        source = source_of(file)
+        text = source.read_text()
+        if source.suffix == ".ipynb":
             outputs = [o for c in json.loads(text)["cells"] for o in c.get("outputs", [])]
             counts[path] = sum(any(k.startswith("image/") for k in o.get("data", {})) for o in outputs)
         else:
@@ -109,9 +126,8 @@ def expected_figures(site: Path) -> dict[str, int]:
 
 
 def is_page(path: str) -> bool:
-    """A page of the site (MyST writes each as DIR/index.html) rather than a file to download."""
-    last = path.rstrip("/").rsplit("/", 1)[-1]
-    return "." not in last or last.endswith(".html")
+    """A page of the site (Sphinx writes each as NAME.html) rather than a file to download."""
+    return path in LANDING or path.endswith(".html")
 
 
 def http_status(url: str) -> int:
@@ -145,8 +161,8 @@ def network_problems(events: list[dict], origin: str) -> list[str]:
 
 
 def inspect(page) -> dict:
-    """INSPECT once the page has settled: React may re-render the whole document after loading
-    (the document is briefly gone then), so a failed look is retried."""
+    """INSPECT once the page has settled (a failed look is retried: a page that is still loading
+    may briefly have no document)."""
     for attempt in range(5):
         try:
             page.wait_until("document.readyState === 'complete' && !!document.querySelector('h1')", 30)
@@ -162,10 +178,11 @@ def check(site: Path) -> int:
     problems: list[str] = []
     pages: dict[str, dict] = {}
     queue, seen = ["/"], {"/"}
+    wide: list[str] = []
     files_checked: set[str] = set()
     t0 = time.monotonic()
     try:
-        with Browser(1280, 900) as browser:
+        with Browser(1366, 900) as browser:
             page = browser.new_page()
             page.call("Network.enable")
             while queue:
@@ -185,6 +202,11 @@ def check(site: Path) -> int:
                 pages[path] = info
                 if not info["h1"] or info["noCss"]:
                     problems.append(f"{path}: no heading or no stylesheet (title {info['title']!r})")
+                if info["pageScrollsSideways"] or info["cellsScrollingSideways"]:
+                    wide.append(path)
+                    problems.append(f"{path}: scrolls sideways at 1366 px (the page: "
+                                    f"{info['pageScrollsSideways']}, notebook cells: "
+                                    f"{info['cellsScrollingSideways']})")
                 for image in info["images"]:
                     if image["width"] <= 0:
                         problems.append(f"{path}: image did not load: {image['src']}")
@@ -194,7 +216,7 @@ def check(site: Path) -> int:
                         continue
                     target = urlsplit(url).path or "/"
                     if is_page(target):
-                        target = target.rstrip("/") or "/"
+                        target = page_path(target)
                         if target not in seen:
                             seen.add(target)
                             queue.append(target)
@@ -213,24 +235,25 @@ def check(site: Path) -> int:
                 continue
             links += 1
             url, fragment = urldefrag(href)
-            target = urlsplit(url).path.rstrip("/") or "/"
+            target = urlsplit(url).path or "/"
             if not is_page(target):
                 continue
+            target = page_path(target)
             if target not in pages or not pages[target]["h1"]:
                 problems.append(f"{path}: broken link to {href[len(origin):]}")
             elif fragment:
                 fragments += 1
                 if fragment not in pages[target]["ids"]:
                     problems.append(f"{path}: link to a missing anchor {href[len(origin):]}")
-    toc = expected_toc(site)
-    sidebar = pages["/"]["toc"]
+    toc = expected_toc()
+    sidebar = [page_path(urlsplit(urldefrag(href)[0]).path) for href in pages["/"]["toc"]]
     if sidebar != toc:
         problems.append(f"sidebar order {sidebar} is not the toc's {toc}")
     missing = [p for p in toc if p not in pages]
     if missing:
         problems.append(f"pages of the toc never reached by a link: {missing}")
 
-    for path, least in expected_figures(site).items():
+    for path, least in expected_figures().items():
         if path in pages and pages[path]["figures"] < least:
             problems.append(f"{path}: {pages[path]['figures']} images in the article, its source "
                             f"has {least}")
@@ -240,7 +263,8 @@ def check(site: Path) -> int:
           f"({figures} in the articles), {sum(i['tables'] for i in pages.values())} tables, "
           f"{sum(i['math'] for i in pages.values())} math elements; {links} internal links "
           f"({fragments} to anchors) and {len(files_checked)} linked files checked; "
-          f"sidebar: {len(sidebar)} entries in toc order: {sidebar == toc} "
+          f"sidebar: {len(sidebar)} entries in toc order: {sidebar == toc}; "
+          f"pages scrolling sideways at 1366 px: {len(wide)} "
           f"({time.monotonic() - t0:.1f} s)")
     print(f"landing page screenshot: {SCREENSHOT.relative_to(REPO)}")
     if problems:

@@ -54,7 +54,7 @@ def write_dataset(directory: Path, n_train: int = 60_000, n_test: int = 10_000,
 @pytest.fixture(scope="session")
 def fashion_mnist():
     """The real data set: $FASHION_MNIST_DIR, the shared offline copy, or the default location."""
-    from squeezestudy import data
+    from squeezestudy.data import fashion_mnist as data
 
     directory = os.environ.get(data.ENV_VAR) or (SHARED_COPY if SHARED_COPY.is_dir() else None)
     try:
@@ -66,7 +66,7 @@ def fashion_mnist():
 @pytest.fixture(scope="session")
 def small_fashion_mnist(fashion_mnist):
     """2,000 training images (200 per class) with the real validation and test splits."""
-    from squeezestudy.data import FashionMNIST
+    from squeezestudy.data.fashion_mnist import FashionMNIST
 
     return FashionMNIST(fashion_mnist.train.subset(2000), fashion_mnist.val.subset(1000),
                         fashion_mnist.test.subset(1000), fashion_mnist.source)
@@ -76,7 +76,7 @@ def small_fashion_mnist(fashion_mnist):
 def cpu_kind(request):
     """Each CPU kind the project's machines have, by simulation (decisions only: the kernels stay
     this CPU's), and this machine as it is ("here"). Yields the Machine decisions are made for."""
-    from squeezestudy import machine
+    from squeezestudy.core import machine
 
     if request.param == "here":
         yield machine.current()
@@ -90,7 +90,7 @@ def interrupted_fit(monkeypatch):
     """fit(...) stopped by Ctrl-C at its n-th evaluation (validation and test count one each; a
     sealed run evaluates validation only): `interrupted_fit(n, config, data, out_dir)`. The
     run's checkpoint of the epochs before stays on disk, for a resume."""
-    import squeezestudy.train as train_module
+    from squeezestudy.training import loop as train_module
 
     def run(n: int, *args, **kwargs) -> None:
         real, calls = train_module.evaluate, []

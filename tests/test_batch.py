@@ -7,10 +7,8 @@ import json
 import nbformat
 import pytest
 import yaml
-from squeezestudy.batch import (
-    MANIFEST,
-    REPO_ROOT,
-    SMOKE_ENV,
+
+from squeezestudy.batch.manifest import (
     ManifestError,
     Outcome,
     Run,
@@ -18,9 +16,10 @@ from squeezestudy.batch import (
     expand,
     load_manifest,
     notebook_parameters,
-    summary_table,
 )
+from squeezestudy.batch.runner import summary_table
 from squeezestudy.cli import main
+from squeezestudy.core.paths import MANIFEST, REPO_ROOT, SMOKE_ENV
 
 
 def make_notebook(path, body="print(x * 2)", params="x = 1\nname = 'a'\nrate = 0.5"):
@@ -38,9 +37,10 @@ TRAIN_PARAMS = "model = 'net'\nseed = 0\nrun_name = None\noutput_dir = None\ndev
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    import squeezestudy.batch as batch
+    from squeezestudy.batch import manifest, runner
 
-    monkeypatch.setattr(batch, "REPO_ROOT", tmp_path)  # the manifest's paths are relative to it
+    for module in (manifest, runner):  # the manifest's paths are relative to it
+        monkeypatch.setattr(module, "REPO_ROOT", tmp_path)
     make_notebook(tmp_path / "ok.ipynb")
     make_notebook(tmp_path / "train.ipynb", body="pass", params=TRAIN_PARAMS)
     manifest = {"profiles": {"p": {"env": {"STUDY_TEST_VAR": "7"}, "runs": [
@@ -78,10 +78,12 @@ def test_a_training_notebook_has_its_run_directory(project, monkeypatch):
 
 
 def test_the_run_directory_rule_is_the_notebooks():
-    from squeezestudy import batch, notebook, paths, train
+    from squeezestudy import notebook
+    from squeezestudy.batch import manifest as batch
+    from squeezestudy.core import paths
 
-    assert train.RUNS_DIR == train.REPO_ROOT / batch.RUNS_SUBDIR
-    assert notebook.SMOKE_RUNS_DIR == train.REPO_ROOT / batch.SMOKE_RUNS_SUBDIR
+    assert paths.RUNS_DIR == paths.REPO_ROOT / batch.RUNS_SUBDIR
+    assert notebook.SMOKE_RUNS_DIR == paths.REPO_ROOT / batch.SMOKE_RUNS_SUBDIR
     assert notebook.smoke_mode is paths.smoke_mode and paths.SMOKE_ENV == batch.SMOKE_ENV
 
 
@@ -174,7 +176,7 @@ def test_cluster_options_are_checked_first(project, args, message, capsys):
 
 
 def test_an_unreachable_scheduler_is_named(project, capsys, monkeypatch):
-    import squeezestudy.batch_cluster as batch_cluster
+    import squeezestudy.batch.cluster as batch_cluster
 
     monkeypatch.setattr(batch_cluster, "CONNECT_TIMEOUT_S", 2)
     assert batch_cli(project, "--scheduler", "tcp://127.0.0.1:9") == 2  # port 9: nothing listens
@@ -194,23 +196,23 @@ TRAINING_NOTEBOOK = REPO_ROOT / "notebooks" / "05_training.ipynb"
 
 def train_config_arguments(notebook) -> dict[str, str]:
     """TrainConfig field -> the notebook parameter passed to it, read from the notebook's own
-    `train.TrainConfig(...)` call (notebook 05's second code cell)."""
+    `TrainConfig(...)` call (notebook 05's second code cell)."""
     for cell in nbformat.read(notebook, as_version=4).cells:
         if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []):
             continue
         for node in ast.walk(ast.parse(cell.source)):
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "TrainConfig":
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "TrainConfig":
                 assert not node.args and all(isinstance(k.value, ast.Name) for k in node.keywords)
                 return {k.arg: k.value.id for k in node.keywords}
-    raise AssertionError(f"{notebook} builds no train.TrainConfig(...)")
+    raise AssertionError(f"{notebook} builds no TrainConfig(...)")
 
 
 def test_every_finished_run_has_a_manifest_entry_that_reproduces_it(monkeypatch):
     """Each finished run committed under outputs/runs and outputs/recipes is the run directory of
     some manifest entry whose parameters (notebook 05's defaults filled in) give the config the
     run stored: the manifest can reproduce every committed run."""
-    from squeezestudy import rundir
-    from squeezestudy.train import TrainConfig
+    from squeezestudy.training import rundir
+    from squeezestudy.training.config import TrainConfig
 
     monkeypatch.delenv(SMOKE_ENV, raising=False)  # the full runs' directories, not the smoke ones
     declared = notebook_parameters(TRAINING_NOTEBOOK)

@@ -10,7 +10,9 @@ import sys
 import threading
 
 import psutil
-from squeezestudy.batch import REPO_ROOT, check, load_manifest
+
+from squeezestudy.batch.manifest import check, load_manifest
+from squeezestudy.core.paths import REPO_ROOT
 
 from .conftest import default_sigint
 

@@ -2,8 +2,9 @@ import json
 
 import pytest
 import torch
-from squeezestudy import bench
+
 from squeezestudy.cli import main
+from squeezestudy.speed import pipelines
 
 
 def test_benchmark_runs_end_to_end(fashion_mnist, tmp_path, capsys):
@@ -30,11 +31,11 @@ def test_interleaved_rounds_visit_every_setting_in_turn(monkeypatch):
             calls.append(name)
         return step
 
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["now"])
-    timed = [bench.Timed(make_step("a", 0.01), batch_size=8, warmup=2),
-             bench.Timed(make_step("b", 0.02), batch_size=8, threads=1)]
+    monkeypatch.setattr(pipelines.time, "perf_counter", lambda: clock["now"])
+    timed = [pipelines.Timed(make_step("a", 0.01), batch_size=8, warmup=2),
+             pipelines.Timed(make_step("b", 0.02), batch_size=8, threads=1)]
     threads = torch.get_num_threads()
-    rates = bench.interleaved_rates(timed, torch.device("cpu"), steps=1, repeats=3,
+    rates = pipelines.interleaved_rates(timed, torch.device("cpu"), steps=1, repeats=3,
                                     burst_seconds=0.1)
     assert torch.get_num_threads() == threads  # b's one thread is restored after each burst
     # warm-up and one sizing step each, then three rounds of bursts of 0.1 s (10 and 5 steps),

@@ -6,8 +6,8 @@ import dataclasses
 import json
 
 from squeezestudy import cli
-from squeezestudy.paths import REPO_ROOT
-from squeezestudy.train import TrainConfig
+from squeezestudy.core.paths import REPO_ROOT
+from squeezestudy.training.config import TrainConfig
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 

@@ -13,8 +13,9 @@ import time
 import psutil
 import pytest
 import yaml
-from squeezestudy.batch import REPO_ROOT, run_batch
 
+from squeezestudy.batch.runner import run_batch
+from squeezestudy.core.paths import REPO_ROOT
 from tests.test_batch import TRAIN_PARAMS, make_notebook
 
 TRAIN_BODY = """import json, pathlib, torch

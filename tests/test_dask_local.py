@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import yaml
-from squeezestudy import notebook_format
-from squeezestudy.batch import REPO_ROOT, check, load_manifest, run_batch, select
 
+from squeezestudy.batch import notebook_format
+from squeezestudy.batch.manifest import check, load_manifest, select
+from squeezestudy.batch.runner import run_batch
+from squeezestudy.core.paths import REPO_ROOT
 from tests.test_batch import TRAIN_PARAMS, make_notebook
 
 TRAIN_BODY = """import json, os, pathlib, time

@@ -1,5 +1,6 @@
 import torch
-from squeezestudy import data
+
+from squeezestudy.data import fashion_mnist as data
 
 
 def test_real_data_counts(fashion_mnist):

@@ -3,8 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from squeezestudy import deep_compression as dc
-from squeezestudy import huffman
+
+from squeezestudy.compression import deep_compression as dc
+from squeezestudy.compression import huffman
 from squeezestudy.models import build
 
 ARCH = {"model": "squeezenet_fmnist", "kwargs": {"num_classes": 10, "in_channels": 1}}
@@ -91,7 +92,8 @@ def test_choose_takes_the_smallest_file_within_half_a_validation_point(tmp_path)
     import json
 
     import pandas as pd
-    from squeezestudy import deep_compression as dc
+
+    from squeezestudy.compression import deep_compression as dc
 
     def record(density, bits, size, val):
         name = f"m-s0-dc-d{density:g}-{bits}bit"
@@ -119,7 +121,7 @@ def test_compress_run_retrains_with_the_models_recipe_and_records_it(tmp_path):
     import json
     from pathlib import Path
 
-    from squeezestudy import data
+    from squeezestudy.data import fashion_mnist as data
 
     full = data.load()
     small = data.FashionMNIST(full.train.subset(512), full.val.subset(200), full.test.subset(200), Path("."))
@@ -139,7 +141,7 @@ def test_compress_run_retrains_with_the_models_recipe_and_records_it(tmp_path):
 
 
 def test_retraining_follows_the_label_smoothing_it_is_given():
-    from squeezestudy import data
+    from squeezestudy.data import fashion_mnist as data
 
     full = data.load()
     batches = data.Batches(full.train.subset(256), 64, mean=0.29, std=0.35, shuffle=True, drop_last=True)
@@ -156,7 +158,9 @@ def test_retraining_follows_the_label_smoothing_it_is_given():
 def test_the_grids_are_a_command_of_the_package(tmp_path, monkeypatch):
     """`squeezestudy deep-compression run RUN` compresses the run's weights with its own recipe's
     regularisation, every recipe of the grid (compress_run itself is tested above)."""
-    from squeezestudy import cli, dc_grid, deep_compression
+    from squeezestudy import cli
+    from squeezestudy.compression import deep_compression
+    from squeezestudy.compression import grid as dc_grid
 
     calls = []
     threads = torch.get_num_threads()

@@ -4,7 +4,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from squeezestudy import diagrams, models  # noqa: E402
+from squeezestudy import models  # noqa: E402
+from squeezestudy.analysis import diagrams
 from squeezestudy.models import Fire  # noqa: E402
 
 

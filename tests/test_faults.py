@@ -17,17 +17,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from squeezestudy import data, fileio, paths, rundir, train
+
 from squeezestudy.cli import main
-from squeezestudy.idx import IdxError
-from squeezestudy.train import (
-    ConfigMismatchError,
-    RunExistsError,
-    TrainConfig,
-    TrainingInterrupted,
-    fit,
-    fit_or_load,
-)
+from squeezestudy.core import fileio, paths
+from squeezestudy.data import fashion_mnist as data
+from squeezestudy.data.idx import IdxError
+from squeezestudy.runs import study
+from squeezestudy.runs.finished import load_predictions, load_run, load_trained_model
+from squeezestudy.runs.study import fit_or_load
+from squeezestudy.training import loop as fit_module
+from squeezestudy.training import rundir
+from squeezestudy.training.config import TrainConfig
+from squeezestudy.training.loop import ConfigMismatchError, fit
+from squeezestudy.training.rundir import RunExistsError
+from squeezestudy.training.stage import TrainingInterrupted
 
 from .conftest import default_sigint, write_idx
 
@@ -145,7 +148,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(fashion_mnist, tmp
     assert final["epoch"] == KILL_EPOCHS
     for name, weights in straight.model.state_dict().items():
         assert torch.equal(weights, final["model"][name]), name
-    metrics, history = train.load_run(run_dir)
+    metrics, history = load_run(run_dir)
     assert history["train_loss"].tolist() == straight.history["train_loss"].tolist()
     assert not list(run_dir.glob(".*.tmp"))
 
@@ -171,7 +174,7 @@ def test_sigint_exits_130_and_says_how_to_resume(fashion_mnist, tmp_path):
 # --- Ctrl-C / kernel interrupt anywhere in an epoch (issue 12) ----------------------------------
 
 def test_interrupt_in_evaluation_says_what_is_saved(tiny, tmp_path, monkeypatch):
-    interrupt_nth_call(monkeypatch, train, "evaluate", 3)  # epoch 2's validation
+    interrupt_nth_call(monkeypatch, fit_module, "evaluate", 3)  # epoch 2's validation
     with pytest.raises(TrainingInterrupted) as err:
         fit(TrainConfig(**FAST), tiny, out_dir=tmp_path, quiet=True)
     message = str(err.value)
@@ -200,30 +203,30 @@ def test_interrupt_just_after_the_checkpoint_rename_counts_it_as_saved(tiny, tmp
 
 
 def test_interrupt_in_the_first_epoch_says_nothing_is_saved(tiny, tmp_path, monkeypatch):
-    interrupt_nth_call(monkeypatch, train, "train_step", 3)
+    interrupt_nth_call(monkeypatch, fit_module, "train_step", 3)
     with pytest.raises(TrainingInterrupted, match=r"in epoch 1 of 2 \(training\); no epoch was saved"):
         fit(TrainConfig(**FAST), tiny, out_dir=tmp_path, quiet=True)
-    interrupt_nth_call(monkeypatch, train, "train_step", 3)
+    interrupt_nth_call(monkeypatch, fit_module, "train_step", 3)
     with pytest.raises(TrainingInterrupted, match="nothing is kept on disk"):
         fit(TrainConfig(**FAST), tiny, quiet=True)
 
 
 def test_interrupt_while_writing_results_leaves_an_unfinished_run_that_resumes(
         tiny, tmp_path, monkeypatch):
-    interrupt_nth_call(monkeypatch, train, "predictions_npz", 1)
+    interrupt_nth_call(monkeypatch, fit_module, "predictions_npz", 1)
     with pytest.raises(TrainingInterrupted, match=r"while writing the results .*epochs 1-2 are saved"
                                                   r".*\(the run is not finished\)"):
         fit(TrainConfig(**FAST), tiny, out_dir=tmp_path, quiet=True)
     assert not (tmp_path / rundir.METRICS).exists()
     monkeypatch.undo()
-    monkeypatch.setattr(train, "train_step", lambda *a, **k: pytest.fail("an epoch was trained again"))
+    monkeypatch.setattr(fit_module, "train_step", lambda *a, **k: pytest.fail("an epoch was trained again"))
     metrics, history = fit_or_load(TrainConfig(**FAST), tmp_path, quiet=True, dataset=tiny)
     assert len(history) == 2
-    assert train.load_run(tmp_path)[0] == metrics
+    assert load_run(tmp_path)[0] == metrics
 
 
 def test_cli_interrupt_exits_130_with_the_resume_hint(fashion_mnist, tmp_path, monkeypatch, capsys):
-    interrupt_nth_call(monkeypatch, train, "evaluate", 3)
+    interrupt_nth_call(monkeypatch, fit_module, "evaluate", 3)
     code, output = cli(capsys, "train", "--model", "lenet", "--epochs", "2", "--batch-size", "100",
                        "--train-subset", "200", "--device", "cpu", "--data-dir", str(fashion_mnist.source),
                        "--out", str(tmp_path / "run"), "--quiet")
@@ -248,7 +251,7 @@ def test_retraining_a_finished_run_needs_force_and_touches_nothing(tiny, run_cop
 
 def test_forced_retrain_interrupted_leaves_no_old_file(tiny, run_copy, monkeypatch):
     (run_copy / "curves.png").write_bytes(b"old figure")
-    interrupt_nth_call(monkeypatch, train, "evaluate", 3)  # epoch 2 of the new run
+    interrupt_nth_call(monkeypatch, fit_module, "evaluate", 3)  # epoch 2 of the new run
     with pytest.raises(TrainingInterrupted):
         fit(TrainConfig(**{**FAST, "lr": 1e-3}), tiny, out_dir=run_copy, quiet=True,
             force=True)
@@ -256,7 +259,7 @@ def test_forced_retrain_interrupted_leaves_no_old_file(tiny, run_copy, monkeypat
     assert len(pd.read_csv(run_copy / rundir.HISTORY)) == 1
     assert torch.load(run_copy / rundir.CHECKPOINT, weights_only=True)["config"]["lr"] == 1e-3
     with pytest.raises(FileNotFoundError, match="not finished"):
-        train.load_run(run_copy)
+        load_run(run_copy)
 
 
 def test_forced_retrain_that_fails_to_start_changes_nothing(run_copy, monkeypatch):
@@ -283,11 +286,11 @@ def test_fit_or_load_resumes_a_stale_mix_instead_of_reading_it(tiny, run_copy, m
     fileio.torch_save(partial, run_copy / rundir.CHECKPOINT)
     (run_copy / rundir.HISTORY).write_text(pd.DataFrame(partial["history"]).to_csv(index=False))
     resumed = []
-    real_fit = train.fit
-    monkeypatch.setattr(train, "fit", lambda *a, **k: resumed.append(k["resume"]) or real_fit(*a, **k))
+    real_fit = fit
+    monkeypatch.setattr(study, "fit", lambda *a, **k: resumed.append(k["resume"]) or real_fit(*a, **k))
     metrics, history = fit_or_load(TrainConfig(**FAST), run_copy, quiet=True, dataset=tiny)
     assert resumed == [True] and len(history) == 2
-    assert train.load_run(run_copy)[0] == metrics  # consistent again
+    assert load_run(run_copy)[0] == metrics  # consistent again
 
 
 def test_fit_or_load_refuses_to_replace_a_finished_run_of_another_config(tiny, run_copy):
@@ -295,7 +298,7 @@ def test_fit_or_load_refuses_to_replace_a_finished_run_of_another_config(tiny, r
     with pytest.raises(RunExistsError, match=r"finished run of another config \(differs in: lr\)"):
         fit_or_load(other, run_copy, quiet=True, dataset=tiny)
     metrics, _ = fit_or_load(other, run_copy, quiet=True, dataset=tiny, force=True)
-    assert metrics["config"]["lr"] == 1e-3 and train.load_run(run_copy)[0] == metrics
+    assert metrics["config"]["lr"] == 1e-3 and load_run(run_copy)[0] == metrics
 
 
 def test_interrupted_run_is_not_overwritten_without_resume_or_force(tiny, run_copy):
@@ -339,7 +342,7 @@ def test_damaged_checkpoint_with_resume(tiny, run_copy, how):
     assert str(run_copy / rundir.CHECKPOINT) in str(err.value)
     assert "delete it to start the run over" in str(err.value)
     with pytest.raises(rundir.ResultFileError, match="checkpoint.pt"):
-        train.load_trained_model(run_copy)
+        load_trained_model(run_copy)
 
 
 @pytest.mark.parametrize("how", FAULTS)
@@ -369,9 +372,9 @@ def test_damaged_metrics(tiny, run_copy, how):
         path.write_text(json.dumps({"model": "lenet"}))
     else:
         damage(path, how)
-    from squeezestudy.results import collect_runs
+    from squeezestudy.analysis.results import collect_runs
 
-    for read in (train.load_run, lambda d: collect_runs(d.parent),
+    for read in (load_run, lambda d: collect_runs(d.parent),
                  lambda d: fit_or_load(TrainConfig(**FAST), d, quiet=True, dataset=tiny)):
         with pytest.raises(rundir.ResultFileError) as err:
             read(run_copy)
@@ -386,7 +389,7 @@ def test_damaged_history(run_copy, how):
     else:
         damage(path, how)
     with pytest.raises(rundir.ResultFileError, match="history.csv"):
-        train.load_run(run_copy)
+        load_run(run_copy)
     with pytest.raises(rundir.ResultFileError) as err:
         rundir.read_history(path)
     assert str(path) in str(err.value)
@@ -397,21 +400,21 @@ def test_damaged_predictions(run_copy, how):
     path = run_copy / rundir.PREDICTIONS
     damage(path, how)
     with pytest.raises(rundir.ResultFileError) as err:
-        train.load_predictions(run_copy)
+        load_predictions(run_copy)
     assert str(path) in str(err.value)
     with pytest.raises(rundir.ResultFileError, match="predictions.npz"):
-        train.load_run(run_copy)
+        load_run(run_copy)
 
 
 def test_missing_predictions_is_a_file_not_found(run_copy):
     (run_copy / rundir.PREDICTIONS).unlink()
     with pytest.raises(FileNotFoundError, match="predictions.npz: missing"):
-        train.load_predictions(run_copy)
+        load_predictions(run_copy)
 
 
 @pytest.mark.parametrize("how", FAULTS)
 def test_damaged_weights_file(tmp_path, how):
-    from squeezestudy import weights
+    from squeezestudy.runs import weights
 
     run = weights.available()[0]
     shutil.copy(weights.path(run), tmp_path / f"{run}.pt")
@@ -453,7 +456,7 @@ def test_output_dir_not_writable(tmp_path, monkeypatch, capsys):
 
 
 def test_bench_output_checked_before_measuring(tmp_path, monkeypatch, capsys):
-    from squeezestudy import bench
+    from squeezestudy.speed import bench
 
     monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("measured before checking --out"))
     (tmp_path / "taken").write_text("a file")
@@ -566,7 +569,7 @@ def test_train_with_a_missing_data_dir(tmp_path, capsys):
     (["--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_bench_usage_errors(argv, expected, tmp_path, capsys, monkeypatch):
-    from squeezestudy import bench
+    from squeezestudy.speed import bench
 
     monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("measured despite a usage error"))
     code, output = cli(capsys, "bench", "--out", str(tmp_path), *argv)
@@ -590,7 +593,8 @@ def test_display_path_inside_and_outside_the_repo(tmp_path):
 
 def test_figures_are_written_atomically(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
-    from squeezestudy import plots
+
+    from squeezestudy.analysis import plots
 
     fig, _ = plt.subplots()
     plots.save(fig, tmp_path / "f.png")
@@ -659,7 +663,7 @@ def written(scratch: Path, array: np.ndarray, gz: bool) -> Path:
 
 def read_or_idx_error(path: Path, ndim: int | None):
     """The reader's result, or its own error naming the file; any other exception fails."""
-    from squeezestudy.idx import read_idx
+    from squeezestudy.data.idx import read_idx
 
     try:
         return read_idx(path, expected_ndim=ndim)
@@ -722,7 +726,7 @@ def test_notebook_parameters_of_the_wrong_type():
 
 
 def test_cli_non_finite_loss_exits_1_with_the_message(tiny, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train, "train_step", lambda *a, **k: (torch.tensor(float("nan")), None, False))
+    monkeypatch.setattr(fit_module, "train_step", lambda *a, **k: (torch.tensor(float("nan")), None, False))
     monkeypatch.setattr(data, "load", lambda *a, **k: tiny)
     code, output = cli(capsys, "train", "--model", "lenet", "--batch-size", "100", "--device", "cpu",
                        "--out", str(tmp_path / "run"))

@@ -5,12 +5,14 @@ import re
 
 import pandas as pd
 import pytest
-from squeezestudy import headline, train
-from squeezestudy.results import collect_runs
+
+from squeezestudy.analysis import headline
+from squeezestudy.analysis.results import collect_runs
+from squeezestudy.training.config import TrainConfig
 
 
 def fake_run(runs_dir, name, model, test_acc, seed, params, **model_kwargs):
-    config = train.TrainConfig(model=model, model_kwargs=model_kwargs, seed=seed)
+    config = TrainConfig(model=model, model_kwargs=model_kwargs, seed=seed)
     metrics = {"model": model, "seed": seed, "precision": "fp32", "device": "cpu",
                "device_name": "cpu (x86_64, 1 threads, AVX2)", "epochs": 30, "params": params,
                "test_acc": test_acc, "val_acc": test_acc - 0.005, "train_acc": 0.95, "train_time_s": 60.0,
@@ -95,7 +97,7 @@ def test_seed_run_names_one_seed_of_a_pattern():
 
 
 def test_every_recipe_tried_is_in_the_manifest_with_three_seeds():
-    from squeezestudy.batch import expand, load_manifest
+    from squeezestudy.batch.manifest import expand, load_manifest
 
     names = {run.name for run in expand(load_manifest(), "headline")}
     for pattern in (*headline.RECIPES, headline.BATCH_NORM_RUNS):

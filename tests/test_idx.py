@@ -4,8 +4,9 @@ import struct
 import numpy as np
 import pytest
 import torch
-from squeezestudy import data
-from squeezestudy.idx import IdxError, read_idx, verify_checksums
+
+from squeezestudy.data import fashion_mnist as data
+from squeezestudy.data.idx import IdxError, read_idx, verify_checksums
 
 from .conftest import write_dataset, write_idx
 

@@ -1,10 +1,14 @@
-"""The machine, read in one place (squeezestudy.machine): every decision that depends on the CPU
+"""The machine, read in one place (squeezestudy.core.machine): every decision that depends on the CPU
 kind, CUDA or MPS is covered here on any computer by simulating the kind, and for real on this one."""
 
 import pytest
 import torch
-from squeezestudy import bench, compress, device, machine, tune
+
+from squeezestudy.compression import int8 as compress
+from squeezestudy.core import device, machine
 from squeezestudy.models import spec
+from squeezestudy.speed import bench
+from squeezestudy.training import settings
 
 CPU = torch.device("cpu")
 
@@ -46,23 +50,23 @@ def test_precision_auto_follows_the_kind(cpu_kind):
         prefer = spec(name).bf16_on_cpu
         expected = "bf16" if prefer and cpu_kind.native_bf16 else "fp32"
         assert device.resolve_precision("auto", CPU, prefer_bf16=prefer) == expected
-        assert tune.static_choice(name, CPU).precision == expected
+        assert settings.static_choice(name, CPU).precision == expected
 
 
 def test_the_tuning_cache_key_names_the_kind(cpu_kind):
-    key = tune.machine_key(CPU)
+    key = settings.machine_key(CPU)
     assert key.startswith(f"cpu | {cpu_kind.cpu_model} | {cpu_kind.isa} | {cpu_kind.threads} threads")
     if cpu_kind.simulated:  # a simulated kind never reads or writes this machine's real entries
         assert key != machine_key_here()
 
 
 def machine_key_here():
-    from squeezestudy.machine import _override
+    from squeezestudy.core.machine import _override
 
     saved = list(_override)
     _override.clear()
     try:
-        return tune.machine_key(CPU)
+        return settings.machine_key(CPU)
     finally:
         _override.extend(saved)
 
@@ -78,8 +82,9 @@ def test_cuda_is_picked_and_runs_bf16_when_simulated():
         chosen = device.pick_device("auto")
         assert chosen.type == "cuda" and device.bf16_supported(chosen)
         assert device.resolve_precision("auto", chosen) == "bf16"
-        assert tune.static_choice("lenet", chosen) == tune.Choice("bf16", True, 0, torch.get_num_threads())
-        assert tune.machine_key(chosen).startswith("cuda | simulated GPU")
+        assert settings.static_choice("lenet", chosen) == settings.Choice("bf16", True, 0,
+                                                                          torch.get_num_threads())
+        assert settings.machine_key(chosen).startswith("cuda | simulated GPU")
     with machine.simulate("avx2"):
         assert device.pick_device("auto") == CPU
         with pytest.raises(ValueError, match="CUDA is not available"):

@@ -1,8 +1,9 @@
 import pytest
 import torch
 import torchvision
-from squeezestudy import models, summary
-from squeezestudy.models import Fire
+
+from squeezestudy import models
+from squeezestudy.models import Fire, summary
 
 
 @pytest.mark.parametrize(("name", "kwargs", "params", "line"), [

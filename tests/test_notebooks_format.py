@@ -9,8 +9,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from squeezestudy import notebook_format
-from squeezestudy.train import REPO_ROOT
+
+from squeezestudy.batch import notebook_format
+from squeezestudy.core.paths import REPO_ROOT
 
 
 def committed_notebooks() -> list[Path]:
@@ -34,7 +35,7 @@ def test_the_study_has_its_notebooks():
 def test_committed_notebook_is_in_normal_form(path):
     text = path.read_text(encoding="utf-8")
     assert notebook_format.normal_form(text) == text, (
-        f"{path} is not stored as JupyterLab saves it: python -m squeezestudy.notebook_format {path}")
+        f"{path} is not stored as JupyterLab saves it: python -m squeezestudy.batch.notebook_format {path}")
 
 
 def test_the_jupyter_server_saves_every_committed_notebook_unchanged(tmp_path):

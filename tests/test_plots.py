@@ -15,14 +15,14 @@ import pandas as pd
 def test_importing_plots_leaves_rcparams_alone():
     code = ("import matplotlib\n"
             "before = dict(matplotlib.rcParams)\n"
-            "import squeezestudy.plots\n"
+            "import squeezestudy.analysis.plots\n"
             "changed = sorted(k for k, v in matplotlib.rcParams.items() if before[k] != v)\n"
             "assert not changed, changed\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_figures_keep_the_study_style_without_leaking_it():
-    from squeezestudy import plots
+    from squeezestudy.analysis import plots
 
     before = dict(matplotlib.rcParams)
     history = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "train_loss": [1.0, 0.8, 0.6, 0.5, 0.4],
@@ -50,7 +50,7 @@ def test_figures_keep_the_study_style_without_leaking_it():
 def test_style_restores_only_its_own_settings():
     """A Jupyter kernel's first figure switches interactive mode on; if leaving the style undid
     that, the inline backend would show no later figure."""
-    from squeezestudy import plots
+    from squeezestudy.analysis import plots
 
     before = matplotlib.is_interactive()
     try:

@@ -1,11 +1,17 @@
 import json
 
 import pytest
-from squeezestudy import headline, report, train
+
+from squeezestudy.analysis import headline
+from squeezestudy.report import documents as report
+from squeezestudy.report import findings
+from squeezestudy.report import records as record_tables
+from squeezestudy.runs.finished import EXPORT_MAX_BYTES
+from squeezestudy.training.config import TrainConfig
 
 
 def fake_run(runs_dir, name, model, test_acc, seed, **model_kwargs):
-    config = train.TrainConfig(model=model, model_kwargs=model_kwargs, seed=seed)
+    config = TrainConfig(model=model, model_kwargs=model_kwargs, seed=seed)
     metrics = {"model": model, "seed": seed, "precision": "fp32", "device": "cpu",
                "device_name": "cpu (x86_64, 1 threads, AVX2)", "epochs": config.epochs, "params": 100,
                "test_acc": test_acc, "val_acc": test_acc, "train_acc": test_acc, "train_time_s": 60.0,
@@ -41,21 +47,21 @@ def test_missing_or_unknown_markers_are_named():
 
 
 def test_comparison_rows_follow_their_interval(tmp_path):
-    from squeezestudy.results import collect_runs
+    from squeezestudy.analysis.results import collect_runs
 
     runs = tmp_path / "runs"
     for seed in range(3):
         fake_run(runs, f"lenet-s{seed}", "lenet", 0.910 + 0.005 * seed, seed)
         fake_run(runs, f"squeezenet_fmnist-s{seed}", "squeezenet_fmnist", 0.905 + 0.004 * seed, seed)
         fake_run(runs, f"alexnet-s{seed}", "alexnet", 0.935 + 0.0005 * seed, seed)
-    table = report.comparison_table(collect_runs(runs), report.COMPARISONS[:2])
+    table = report.comparison_table(collect_runs(runs), findings.COMPARISONS[:2])
     alexnet, lenet = table.splitlines()[2:]
     assert alexnet.startswith("| AlexNet-112 − one-Fire SqueezeNet | 3 / 3 | +2.65 |")
     assert alexnet.endswith("| a higher |")
     assert lenet.startswith("| LeNet − one-Fire SqueezeNet | 3 / 3 | +0.60 |")
     assert lenet.endswith("| not distinguishable |")
     with pytest.raises(report.ReportError, match="no finished run matches 'depth-fire8"):
-        report.comparisons(collect_runs(runs), [("8", r"depth-fire8-s\d+", "1", r"lenet-s\d+")])
+        findings.comparisons(collect_runs(runs), [("8", r"depth-fire8-s\d+", "1", r"lenet-s\d+")])
 
 
 def test_tuning_table_compares_only_settings_timed_together(tmp_path, monkeypatch):
@@ -72,7 +78,7 @@ def test_tuning_table_compares_only_settings_timed_together(tmp_path, monkeypatc
              "rule": "every round faster", "groups": groups}
     record = tmp_path / "tuning.json"
     record.write_text(json.dumps({"machine": "cpu | test", "entries": {"lenet | batch 256 | 28x28": entry}}))
-    monkeypatch.setattr(report, "TUNING_RECORD", record)
+    monkeypatch.setattr(record_tables, "TUNING_RECORD", record)
     table = report.tuning_table(None)
     assert "Measured on `cpu | test`; medians of 3 interleaved rounds" in table
     # micro-batch 128 gained 2% in its own rounds; against the default's first rounds it would be 0.51x
@@ -96,7 +102,7 @@ def test_speed_table_reads_the_benchmark_and_its_verdicts(tmp_path, monkeypatch)
     record.write_text(json.dumps({"meta": {"machine": "cpu | test", "device_name": "cpu", "repeats": 3,
                                            "peak_gflops": {"fp32": 115.2}},
                                   "records": records}))
-    monkeypatch.setattr(report, "THROUGHPUT_RECORD", record)
+    monkeypatch.setattr(record_tables, "THROUGHPUT_RECORD", record)
     table = report.speed_table(None)
     assert "fp32 matrix-product peak 115 GFLOP/s" in table and "median of 3 rounds" in table
     assert ("| lenet (256) | 1,000 | 3,600 | 3,000-3,900 | 3.60 | 20 | fp32, channels_last on, "
@@ -107,7 +113,7 @@ def test_speed_table_reads_the_benchmark_and_its_verdicts(tmp_path, monkeypatch)
 
 
 def test_weights_table_counts_files_per_family_and_names_the_ones_not_kept(tmp_path):
-    from squeezestudy.results import collect_runs
+    from squeezestudy.analysis.results import collect_runs
 
     runs, weights_dir = tmp_path / "runs", tmp_path / "weights"
     weights_dir.mkdir()
@@ -117,7 +123,7 @@ def test_weights_table_counts_files_per_family_and_names_the_ones_not_kept(tmp_p
     (weights_dir / "lenet-s1.pt").write_bytes(b"x" * 1000)
     (weights_dir / "design-sr0.2-s0.pt").write_bytes(b"x" * 24)
     big = collect_runs(runs)
-    big.loc[big.model == "lenet", "params"] = train.EXPORT_MAX_BYTES  # 4 bytes each: over the limit
+    big.loc[big.model == "lenet", "params"] = EXPORT_MAX_BYTES  # 4 bytes each: over the limit
     lines = report.weights_table(big, weights_dir).splitlines()
     assert lines[2] == "| `design-sr*-s*` | 100 | 1 of 2 | 24 |"
     assert lines[3] == "| `lenet-s*` | 8,388,608 | 1 of 2 (over 8 MiB: not kept) | 1,000 |"
@@ -127,7 +133,7 @@ def test_weights_table_counts_files_per_family_and_names_the_ones_not_kept(tmp_p
 
 
 def test_headline_table_adds_each_variant_once_a_seed_has_finished(tmp_path):
-    from squeezestudy.results import collect_runs
+    from squeezestudy.analysis.results import collect_runs
 
     runs = tmp_path / "runs"
     for seed in range(3):
@@ -142,12 +148,12 @@ def test_headline_table_adds_each_variant_once_a_seed_has_finished(tmp_path):
         found.loc[found.model == "alexnet", "params"] = 24_744_650
         return report.headline_table(found)
 
-    variant = report.HEADLINE_VARIANTS[headline.BATCH_NORM_RUNS]
+    variant = findings.HEADLINE_VARIANTS[headline.BATCH_NORM_RUNS]
     assert variant not in table()
     fake_run(runs, "headline-bn-s0", "squeezenet_design", 0.925, 0, squeeze_norm=True)
     lines = table().splitlines()
     assert lines[3].startswith(f"| {variant} | 100 | yes | 1 | **92.50** | no |")
-    assert report.HEADLINE_VARIANTS[headline.REGULARISED_RUNS] not in "".join(lines)
+    assert findings.HEADLINE_VARIANTS[headline.REGULARISED_RUNS] not in "".join(lines)
 
 
 def test_tables_live_in_any_document_once(tmp_path):
@@ -169,7 +175,7 @@ def test_tables_live_in_any_document_once(tmp_path):
 def test_holm_adjusts_in_order_and_skips_untested():
     from math import isnan
 
-    from squeezestudy import stats
+    from squeezestudy.analysis import stats
 
     adjusted = stats.holm([0.01, float("nan"), 0.04, 0.03])
     assert adjusted[0] == pytest.approx(0.03) and isnan(adjusted[1])

@@ -8,9 +8,12 @@ import subprocess
 
 import pytest
 import torch
-from squeezestudy import data, measured, notebook_format
-from squeezestudy.paths import REPO_ROOT
 from torch import nn
+
+from squeezestudy.batch import notebook_format
+from squeezestudy.compression import measured
+from squeezestudy.core.paths import REPO_ROOT
+from squeezestudy.data import fashion_mnist as data
 
 
 def test_a_recorded_result_is_read_back_not_recomputed(tmp_path, monkeypatch):

@@ -5,14 +5,20 @@ import json
 
 import pytest
 import torch
-from squeezestudy import data, rundir, sealed
-from squeezestudy.train import TrainConfig, fit, fit_or_load, load_trained_model
+
+from squeezestudy.data import fashion_mnist as data
+from squeezestudy.runs import sealed
+from squeezestudy.runs.finished import load_trained_model
+from squeezestudy.runs.study import fit_or_load
+from squeezestudy.training import rundir
+from squeezestudy.training.config import TrainConfig
+from squeezestudy.training.loop import fit
 
 FAST = dict(model="lenet", epochs=2, batch_size=200, lr=0.003, device="cpu", precision="fp32")
 
 
 def test_a_sealed_run_never_evaluates_the_test_split(small_fashion_mnist, tmp_path, monkeypatch):
-    import squeezestudy.train as train_module
+    from squeezestudy.training import loop as train_module
 
     seen = []
     real = train_module.evaluate
@@ -104,7 +110,7 @@ def test_random_erasing_zeroes_one_rectangle_of_the_chosen_images():
 
 def test_old_runs_read_back_unchanged_with_the_new_options():
     """Runs recorded before erase, ema and sealed existed match configs at their defaults."""
-    from squeezestudy.paths import RUNS_DIR
+    from squeezestudy.core.paths import RUNS_DIR
 
     stored = json.loads((RUNS_DIR / "headline-b96aug60-s0" / "metrics.json").read_text())["config"]
     assert TrainConfig(**stored).same_as(stored) and "sealed" not in stored

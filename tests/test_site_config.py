@@ -1,61 +1,87 @@
-"""The rendered site's config (myst.yml): every notebook in order, and a theme built here."""
+"""The rendered site's config (site/): every notebook in order, built from packages only."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import json
 import re
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+SITE = REPO / "site"
 
 
-def toc_files(entries: list[dict]) -> list[str]:
-    files = []
-    for entry in entries:
-        if "file" in entry:
-            files.append(entry["file"])
-        files += toc_files(entry.get("children", []))
-    return files
+def site_check():
+    spec = importlib.util.spec_from_file_location("site_check", REPO / ".ci" / "site_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_toc_lists_readme_then_every_notebook_in_order_then_the_docs():
-    config = yaml.safe_load((REPO / "myst.yml").read_text())
-    notebooks = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "notebooks").glob("*.ipynb"))
-    files = toc_files(config["project"]["toc"])
-    assert files[:len(notebooks) + 1] == ["README.md", *notebooks]
-    docs = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))
-    assert sorted(files[len(notebooks) + 1:]) == docs  # every page of docs/ on the site
+    files = site_check().toc_files()
+    notebooks = sorted(p.relative_to(REPO).with_suffix("").as_posix()
+                       for p in (REPO / "notebooks").glob("*.ipynb"))
+    assert files[:len(notebooks) + 1] == ["README", *notebooks]
+    docs = sorted(p.relative_to(REPO).with_suffix("").as_posix() for p in (REPO / "docs").glob("*.md"))
+    rest = files[len(notebooks) + 1:]
+    assert sorted(f for f in rest if f.startswith("docs/")) == docs  # every page of docs/ on the site
+    assert all(f.startswith(("docs/", "outputs/")) for f in rest)
 
 
-def test_site_uses_the_locally_built_theme():
-    """A template name (e.g. book-theme) would be downloaded at build time; ours is a path
-    that `make theme` fills."""
-    config = yaml.safe_load((REPO / "myst.yml").read_text())
+def test_every_page_of_the_toc_is_a_source_the_build_reads():
+    """conf.py's include_patterns must take in each file of the toc (else Sphinx drops it)."""
+    conf = ast.parse((SITE / "conf.py").read_text())
+    patterns = next(ast.literal_eval(n.value) for n in conf.body if isinstance(n, ast.Assign)
+                    and any(getattr(t, "id", "") == "include_patterns" for t in n.targets))
+    checker = site_check()
+    for file in checker.toc_files():
+        source = checker.source_of(file).relative_to(REPO)
+        assert any(source.match(p) for p in patterns), f"{source} is not in include_patterns"
+
+
+def test_site_is_built_from_packages_only():
+    """No theme or other third-party source in the repository: the site's folder holds our config
+    and stylesheet; Sphinx, myst-nb and the book theme come pinned from the registry."""
+    assert sorted(p.relative_to(SITE).as_posix() for p in SITE.rglob("*") if p.is_file()) == [
+        "_static/study.css", "_toc.yml", "conf.py"]
+    pins = (REPO / "constraints.txt").read_text().lower().replace("_", "-")
+    for package in ("sphinx", "myst-nb", "sphinx-book-theme", "sphinx-external-toc"):
+        assert re.search(rf"^{package}==", pins, re.M), f"{package} is not pinned in constraints.txt"
     makefile = (REPO / "Makefile").read_text()
-    theme_dir = re.search(r"^THEME := (\S+)$", makefile, re.M).group(1)
-    assert config["site"]["template"] == theme_dir
-    assert (REPO / "site" / "book-theme" / "template.yml").is_file()
+    build = r"^site: env\n\t\$\(VENV\)/bin/sphinx-build .*-W .*-c site \. _build/html$"
+    assert re.search(build, makefile, re.M)
+    assert not any((REPO / name).exists() for name in ("myst.yml", "package.json", "site/book-theme"))
+    conf = (SITE / "conf.py").read_text()
+    assert 'nb_execution_mode = "off"' in conf  # the committed outputs, never re-run
 
 
 def test_site_check_expects_each_notebooks_image_outputs(tmp_path):
     """The site check's least image count per page comes from the sources: a page that lost a
     figure fails it even when every image it shows loads."""
-    import importlib.util
-    import json
-
-    spec = importlib.util.spec_from_file_location("site_check", REPO / ".ci" / "site_check.py")
-    site_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(site_check)
-    files = toc_files(yaml.safe_load((REPO / "myst.yml").read_text())["project"]["toc"])
-    pages = [{"slug": f"page-{i}"} for i in range(1, len(files))]
-    (tmp_path / "config.json").write_text(json.dumps({"projects": [{"pages": pages}]}))
-    counts = site_check.expected_figures(tmp_path)
-    assert list(counts) == ["/", *(f"/page-{i}" for i in range(1, len(files)))]
-    training = files.index("notebooks/05_training.ipynb")
-    cells = json.loads((REPO / files[training]).read_text())["cells"]
+    checker = site_check()
+    counts = checker.expected_figures()
+    files = checker.toc_files()
+    assert list(counts) == ["/", *(f"/{f}.html" for f in files[1:])]
+    cells = json.loads((REPO / "notebooks" / "05_training.ipynb").read_text())["cells"]
     pngs = sum("image/png" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
-    assert counts[f"/page-{training}"] == pngs > 0
-    pages.pop()  # a site of another toc: no expectation rather than a wrong one
-    (tmp_path / "config.json").write_text(json.dumps({"projects": [{"pages": pages}]}))
-    assert site_check.expected_figures(tmp_path) == {}
+    assert counts["/notebooks/05_training.html"] == pngs > 0
+    assert counts["/"] == (REPO / "README.md").read_text().count("![") > 0
+    toc = tmp_path / "_toc.yml"
+    toc.write_text(yaml.safe_dump({"root": "README", "parts": [{"chapters": [{"file": "docs/missing"}]}]}))
+    try:
+        checker.expected_figures(toc)
+    except FileNotFoundError as err:
+        assert "docs/missing" in str(err)
+    else:
+        raise AssertionError("a toc entry without a source was not reported")
+
+
+def test_the_landing_page_has_every_name_the_site_serves_it_under():
+    checker = site_check()
+    assert [checker.page_path(p) for p in ("/", "/index.html", "/README.html", "")] == ["/"] * 4
+    assert checker.page_path("/docs/results.html") == "/docs/results.html"
+    assert checker.is_page("/docs/results.html") and not checker.is_page("/_downloads/x/comparison.csv")

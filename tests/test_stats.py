@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as st
-from squeezestudy import stats
+
+from squeezestudy.analysis import stats
 
 
 def test_welch_matches_scipy_interval_and_p():

@@ -4,14 +4,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from squeezestudy import sweeps, train
-from squeezestudy.data import Batches
-from squeezestudy.evaluate import evaluate
+
+from squeezestudy.analysis import sweeps
+from squeezestudy.data.fashion_mnist import Batches
+from squeezestudy.runs.finished import load_trained_model
+from squeezestudy.training.config import TrainConfig
+from squeezestudy.training.evaluate import evaluate
+from squeezestudy.training.loop import fit
+from squeezestudy.training.rundir import CHECKPOINT
 
 
 def fake_run(runs_dir, name, test_acc, seed=0, params=1000, **model_kwargs):
     """A finished run as the batch leaves it: metrics.json (and a history) in its directory."""
-    config = train.TrainConfig(model="squeezenet_design", model_kwargs=model_kwargs, seed=seed)
+    config = TrainConfig(model="squeezenet_design", model_kwargs=model_kwargs, seed=seed)
     metrics = {"model": config.model, "seed": seed, "precision": "fp32", "device": "cpu",
                "epochs": config.epochs, "params": params, "test_acc": test_acc, "val_acc": test_acc,
                "train_acc": test_acc + 0.01, "train_time_s": 1.0, "images_per_s": 1.0,
@@ -72,10 +77,10 @@ def test_a_class_never_predicted_is_counted(sr_sweep):
 
 
 def test_train_accuracy_evaluates_the_final_model_in_eval_mode(small_fashion_mnist, tmp_path):
-    config = train.TrainConfig(model="squeezenet_fmnist", epochs=1, train_subset=500)
-    train.fit(config, small_fashion_mnist, out_dir=tmp_path / "run", quiet=True)
+    config = TrainConfig(model="squeezenet_fmnist", epochs=1, train_subset=500)
+    fit(config, small_fashion_mnist, out_dir=tmp_path / "run", quiet=True)
     table = sweeps.train_accuracy([tmp_path / "run"], small_fashion_mnist)
-    model, _ = train.load_trained_model(tmp_path / "run")
+    model, _ = load_trained_model(tmp_path / "run")
     mean, std = small_fashion_mnist.mean_std()
     batches = Batches(small_fashion_mnist.train.subset(500), 500, mean=mean, std=std,
                       device=torch.device("cpu"))
@@ -84,8 +89,8 @@ def test_train_accuracy_evaluates_the_final_model_in_eval_mode(small_fashion_mni
 
 
 def test_cached_train_accuracy_adds_only_the_runs_the_cache_lacks(small_fashion_mnist, tmp_path):
-    config = train.TrainConfig(model="squeezenet_fmnist", epochs=1, train_subset=500)
-    train.fit(config, small_fashion_mnist, out_dir=tmp_path / "runs" / "new", quiet=True)
+    config = TrainConfig(model="squeezenet_fmnist", epochs=1, train_subset=500)
+    fit(config, small_fashion_mnist, out_dir=tmp_path / "runs" / "new", quiet=True)
     cache = tmp_path / "train_accuracy.csv"
     cache.write_text("run,train_eval_acc,train_eval_loss\nold,0.5,1.0\n")  # old: no checkpoint
     table = sweeps.cached_train_accuracy(["new", "old"], cache, tmp_path / "runs",
@@ -99,9 +104,9 @@ def test_cached_train_accuracy_adds_only_the_runs_the_cache_lacks(small_fashion_
 
 
 def test_cached_train_accuracy_recomputes_a_retrained_run(small_fashion_mnist, tmp_path):
-    config = train.TrainConfig(model="squeezenet_fmnist", epochs=1, train_subset=500)
+    config = TrainConfig(model="squeezenet_fmnist", epochs=1, train_subset=500)
     run_dir = tmp_path / "runs" / "new"
-    train.fit(config, small_fashion_mnist, out_dir=run_dir, quiet=True)
+    fit(config, small_fashion_mnist, out_dir=run_dir, quiet=True)
     finished_at = json.loads((run_dir / "metrics.json").read_text())["finished_at"]
     cache = tmp_path / "train_accuracy.csv"
     # a row of this training is read as it is; a row of an earlier training of the run is not
@@ -125,7 +130,7 @@ def test_cached_train_accuracy_names_runs_it_cannot_compute(small_fashion_mnist,
         sweeps.cached_train_accuracy(["old", "gone"], cache, tmp_path / "runs",
                                      load_dataset=lambda: small_fashion_mnist)
     (tmp_path / "runs" / "new").mkdir(parents=True)
-    (tmp_path / "runs" / "new" / train.CHECKPOINT).write_bytes(b"")
+    (tmp_path / "runs" / "new" / CHECKPOINT).write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="outside smoke mode"):
         sweeps.cached_train_accuracy(["new"], cache, tmp_path / "runs")
     assert cache.read_text() == "run,train_eval_acc,train_eval_loss\nold,0.5,1.0\n"

@@ -2,9 +2,12 @@ import json
 
 import pytest
 import torch
-from squeezestudy import models
-from squeezestudy.train import NonFiniteLossError, TrainConfig, fit, lr_factor
 from torch import nn
+
+from squeezestudy import models
+from squeezestudy.training.config import TrainConfig
+from squeezestudy.training.loop import NonFiniteLossError, fit
+from squeezestudy.training.step import lr_factor
 
 FAST = {"model": "lenet", "batch_size": 100, "device": "cpu", "precision": "fp32", "lr": 3e-3}
 
@@ -111,7 +114,8 @@ def test_cuda_defaults_bf16_channels_last(small_fashion_mnist):
 
 def test_micro_batches_give_the_same_update(small_fashion_mnist):
     """Gradients accumulated over micro-batches equal the whole batch's (no dropout in LeNet)."""
-    from squeezestudy.train import build_model, make_optimizer, train_step
+    from squeezestudy.training.config import build_model
+    from squeezestudy.training.step import make_optimizer, train_step
 
     cfg = TrainConfig(model="lenet", optimizer="sgd", lr=0.1, device="cpu", precision="fp32")
     x = torch.randn(96, 1, 28, 28)
@@ -138,8 +142,8 @@ def test_runs_made_before_a_config_field_existed_still_match():
 
 
 def test_fit_or_load_reads_back_or_starts_over(small_fashion_mnist, tmp_path, monkeypatch):
-    import squeezestudy.train as train_module
-    from squeezestudy.train import fit_or_load
+    from squeezestudy.runs import study as train_module
+    from squeezestudy.runs.study import fit_or_load
 
     calls = []
     real_fit = train_module.fit
@@ -156,7 +160,7 @@ def test_fit_or_load_reads_back_or_starts_over(small_fashion_mnist, tmp_path, mo
 
 
 def test_misclassified_most_confident_first():
-    from squeezestudy import evaluate
+    from squeezestudy.training import evaluate
 
     pred, labels = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([0, 2, 2, 0, 1])
     confidence = torch.tensor([0.9, 0.4, 0.8, 0.7, 0.95])

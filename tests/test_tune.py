@@ -6,8 +6,12 @@ import json
 
 import pytest
 import torch
-from squeezestudy import bench, train, tune
-from squeezestudy.train import TrainConfig
+
+from squeezestudy.speed import bench, tune
+from squeezestudy.training import settings
+from squeezestudy.training.config import TrainConfig, has_batch_statistics
+from squeezestudy.training.loop import fit
+from squeezestudy.training.settings import resolve_defaults
 
 CPU = torch.device("cpu")
 
@@ -15,40 +19,40 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     path = tmp_path / "tuning.json"
-    monkeypatch.setenv(tune.CACHE_ENV, str(path))
+    monkeypatch.setenv(settings.CACHE_ENV, str(path))
     return path
 
 
 def write_entry(path, config, choice):
-    key = tune.model_key(config.model, config.batch_size, config.resolved_image_size())
-    path.write_text(json.dumps({tune.machine_key(CPU): {key: {"choice": dataclasses.asdict(choice)}}}))
+    key = settings.model_key(config.model, config.batch_size, config.resolved_image_size())
+    path.write_text(json.dumps({settings.machine_key(CPU): {key: {"choice": dataclasses.asdict(choice)}}}))
 
 
 def test_untuned_machine_uses_the_model_defaults(cache):
     assert not cache.exists()
-    choice = train.resolve_defaults(TrainConfig(model="squeezenet_fmnist"), CPU)
-    assert choice == tune.Choice("fp32", True, 128, torch.get_num_threads())
-    assert train.resolve_defaults(TrainConfig(model="lenet"), CPU).micro_batch == 0
+    choice = resolve_defaults(TrainConfig(model="squeezenet_fmnist"), CPU)
+    assert choice == settings.Choice("fp32", True, 128, torch.get_num_threads())
+    assert resolve_defaults(TrainConfig(model="lenet"), CPU).micro_batch == 0
 
 
 def test_tuned_choice_fills_only_what_the_config_leaves_to_auto(cache):
     config = TrainConfig(model="lenet")
-    write_entry(cache, config, tune.Choice("fp32", False, 64, 1))
-    assert train.resolve_defaults(config, CPU) == tune.Choice("fp32", False, 64, 1)
+    write_entry(cache, config, settings.Choice("fp32", False, 64, 1))
+    assert resolve_defaults(config, CPU) == settings.Choice("fp32", False, 64, 1)
     explicit = dataclasses.replace(config, channels_last=True, micro_batch=0)
-    assert train.resolve_defaults(explicit, CPU) == tune.Choice("fp32", True, 0, 1)
+    assert resolve_defaults(explicit, CPU) == settings.Choice("fp32", True, 0, 1)
     # another batch size or another machine is not covered by the entry
-    assert train.resolve_defaults(dataclasses.replace(config, batch_size=128), CPU).micro_batch == 0
+    assert resolve_defaults(dataclasses.replace(config, batch_size=128), CPU).micro_batch == 0
     other = json.loads(cache.read_text())
     cache.write_text(json.dumps({"cpu | another machine": next(iter(other.values()))}))
-    assert train.resolve_defaults(config, CPU).micro_batch == 0
+    assert resolve_defaults(config, CPU).micro_batch == 0
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]",
                                      '{"%s": {"lenet | batch 256 | 28x28": {"choice": {}}}}'])
 def test_damaged_cache_is_ignored(cache, content):
-    cache.write_text(content.replace("%s", tune.machine_key(CPU)))
-    assert train.resolve_defaults(TrainConfig(model="lenet"), CPU).micro_batch == 0
+    cache.write_text(content.replace("%s", settings.machine_key(CPU)))
+    assert resolve_defaults(TrainConfig(model="lenet"), CPU).micro_batch == 0
 
 
 def test_coordinate_descent_keeps_the_fastest_and_the_cache_keeps_other_machines(cache, monkeypatch,
@@ -84,13 +88,13 @@ def test_coordinate_descent_keeps_the_fastest_and_the_cache_keeps_other_machines
     assert [g["axis"] for g in entry["groups"]] == axes
     assert entry["groups"][0]["rates"][0]["rounds"] == [99, 100, 101]
     stored = json.loads(cache.read_text())
-    assert set(stored) == {"cpu | another machine", tune.machine_key(CPU)}
-    assert train.resolve_defaults(TrainConfig(model="lenet"), CPU).micro_batch == 128
+    assert set(stored) == {"cpu | another machine", settings.machine_key(CPU)}
+    assert resolve_defaults(TrainConfig(model="lenet"), CPU).micro_batch == 128
 
 
 def test_native_bf16_is_chosen_where_it_is_faster(cache, monkeypatch):
     """On a CPU with native bf16 the tuning pass keeps bf16 when every round says it is faster."""
-    from squeezestudy import machine
+    from squeezestudy.core import machine
 
     def fake_measure(model, choices, dataset, device, batch_size, seconds):
         return [[r - 1, r, r + 1] for r in (300 if c.precision == "bf16" else 100 for c in choices)]
@@ -119,7 +123,7 @@ def test_a_gain_within_the_scatter_of_the_rounds_keeps_the_current_setting(cache
 
 
 def test_bf16_is_a_candidate_only_where_native_and_checked(cpu_kind):
-    base = tune.Choice("fp32", True, 0, 2)
+    base = settings.Choice("fp32", True, 0, 2)
 
     def precisions(model):
         return [c.precision for c in tune.candidates_along("precision", base, model, CPU, 256)]
@@ -131,9 +135,9 @@ def test_bf16_is_a_candidate_only_where_native_and_checked(cpu_kind):
 def test_bf16_checked_models_passed_notebook_06s_check():
     """The small models' bf16 allowance rests on outputs/recipes: paired seed-0 runs in bf16 and
     fp32 whose mean difference is within 0.3 points."""
+    from squeezestudy.analysis.results import collect_runs
+    from squeezestudy.core.paths import OUTPUTS
     from squeezestudy.models import REGISTRY
-    from squeezestudy.paths import OUTPUTS
-    from squeezestudy.results import collect_runs
 
     runs = collect_runs(OUTPUTS / "recipes")
     for model in ("lenet", "squeezenet_fmnist"):
@@ -146,9 +150,9 @@ def test_bf16_checked_models_passed_notebook_06s_check():
 
 def test_fit_applies_tuned_threads_and_restores_them(cache, small_fashion_mnist):
     config = TrainConfig(model="lenet", epochs=1, train_subset=300, batch_size=100, device="cpu")
-    write_entry(cache, config, tune.Choice("fp32", True, 0, 1))
+    write_entry(cache, config, settings.Choice("fp32", True, 0, 1))
     before = torch.get_num_threads()
-    result = train.fit(config, small_fashion_mnist, quiet=True)
+    result = fit(config, small_fashion_mnist, quiet=True)
     assert "1 threads" in result.metrics["device_name"] and result.metrics["micro_batch"] == 0
     assert torch.get_num_threads() == before
 
@@ -156,7 +160,7 @@ def test_fit_applies_tuned_threads_and_restores_them(cache, small_fashion_mnist)
 def test_real_measurement_of_a_tiny_run(small_fashion_mnist, cache):
     """Measured for real on this machine, whatever its kind (the precision axis where it has
     native bf16)."""
-    from squeezestudy import machine
+    from squeezestudy.core import machine
 
     entry = tune.tune_model("lenet", small_fashion_mnist, CPU, batch_size=32, seconds=0.03,
                             echo=lambda *a: None)
@@ -165,12 +169,12 @@ def test_real_measurement_of_a_tiny_run(small_fashion_mnist, cache):
     assert [g["axis"] for g in entry["groups"]] == axes[:len(entry["groups"])]
     assert len(entry["groups"]) >= 2
     for group in entry["groups"]:  # each group holds its current setting and a rate for each value
-        rates = {tuple(r[k] for k in tune.SETTINGS): r["images_per_s"] for r in group["rates"]}
+        rates = {tuple(r[k] for k in settings.SETTINGS): r["images_per_s"] for r in group["rates"]}
         assert len(rates) >= 2 and all(rate > 0 for rate in rates.values())
-        assert tuple(group["current"][k] for k in tune.SETTINGS) in rates
+        assert tuple(group["current"][k] for k in settings.SETTINGS) in rates
     # the default's rate is from the first group, where it was the current setting
-    first = {tuple(r[k] for k in tune.SETTINGS): r["images_per_s"] for r in entry["groups"][0]["rates"]}
-    assert entry["default_images_per_s"] == first[tuple(entry["default"][k] for k in tune.SETTINGS)]
+    first = {tuple(r[k] for k in settings.SETTINGS): r["images_per_s"] for r in entry["groups"][0]["rates"]}
+    assert entry["default_images_per_s"] == first[tuple(entry["default"][k] for k in settings.SETTINGS)]
 
 
 def test_bench_reports_whether_the_default_is_within_5_percent():
@@ -206,7 +210,7 @@ def test_tune_usage_errors_measure_nothing(argv, expected, cache, capsys, monkey
 def test_tune_if_untuned_skips_a_tuned_machine(cache, capsys, monkeypatch):
     from squeezestudy import cli
 
-    write_entry(cache, TrainConfig(model="lenet"), tune.Choice("fp32", True, 0, 1))
+    write_entry(cache, TrainConfig(model="lenet"), settings.Choice("fp32", True, 0, 1))
     monkeypatch.setattr(tune, "tune", lambda *a, **k: pytest.fail("retuned a tuned machine"))
     assert cli.main(["tune", "--if-untuned", "--models", "lenet"]) == 0
     assert "tuned already" in capsys.readouterr().out
@@ -214,9 +218,9 @@ def test_tune_if_untuned_skips_a_tuned_machine(cache, capsys, monkeypatch):
 
 def test_batch_norm_models_train_on_whole_batches(cache):
     config = TrainConfig(model="squeezenet_design", model_kwargs={"squeeze_norm": True})
-    write_entry(cache, config, tune.Choice("fp32", True, 128, 2))  # a choice for the model without it
-    assert train.resolve_defaults(config, CPU).micro_batch == 0
+    write_entry(cache, config, settings.Choice("fp32", True, 128, 2))  # a choice for the model without it
+    assert resolve_defaults(config, CPU).micro_batch == 0
     with pytest.raises(ValueError, match="micro_batch=64 with batch norm in the model"):
-        train.resolve_defaults(dataclasses.replace(config, micro_batch=64), CPU)
-    assert train.resolve_defaults(dataclasses.replace(config, model_kwargs={}), CPU).micro_batch == 128
-    assert train.has_batch_statistics(config) and not train.has_batch_statistics(TrainConfig(model="lenet"))
+        resolve_defaults(dataclasses.replace(config, micro_batch=64), CPU)
+    assert resolve_defaults(dataclasses.replace(config, model_kwargs={}), CPU).micro_batch == 128
+    assert has_batch_statistics(config) and not has_batch_statistics(TrainConfig(model="lenet"))

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from squeezestudy import data, evaluate, weights
-from squeezestudy.train import RUNS_DIR, load_predictions
+
+from squeezestudy.core.paths import RUNS_DIR
+from squeezestudy.data import fashion_mnist as data
+from squeezestudy.runs import weights
+from squeezestudy.runs.finished import load_predictions
+from squeezestudy.training import evaluate
 
 N_IMAGES = 500  # the first 500 test images
 
@@ -33,8 +37,8 @@ def test_the_small_models_of_the_note_are_committed():
 
 
 def test_every_finished_run_under_the_size_limit_has_its_weights():
-    from squeezestudy.results import collect_runs
-    from squeezestudy.train import keeps_weights
+    from squeezestudy.analysis.results import collect_runs
+    from squeezestudy.runs.finished import keeps_weights
 
     runs = collect_runs(RUNS_DIR)
     small = set(runs.run[runs.params.map(keeps_weights)])
@@ -104,7 +108,8 @@ def test_predict_takes_pil_images_and_refuses_what_it_cannot_read(fashion_mnist)
 
 
 def test_export_round_trips_a_checkpoint(tmp_path, small_fashion_mnist):
-    from squeezestudy.train import TrainConfig, fit
+    from squeezestudy.training.config import TrainConfig
+    from squeezestudy.training.loop import fit
 
     config = TrainConfig(model="lenet", epochs=1, batch_size=128, train_subset=2000, device="cpu")
     result = fit(config, small_fashion_mnist, out_dir=tmp_path / "runs" / "tiny", quiet=True)
@@ -123,15 +128,18 @@ def test_export_without_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_a_finished_study_run_exports_its_weights(tmp_path, small_fashion_mnist, monkeypatch):
-    from squeezestudy import paths, train
+    from squeezestudy.core import paths
+    from squeezestudy.runs.finished import load_trained_model
+    from squeezestudy.runs.study import fit_or_load
+    from squeezestudy.training.config import TrainConfig
 
     runs, weights_dir = tmp_path / "runs", tmp_path / "weights"
-    monkeypatch.setattr(train, "RUNS_DIR", runs)
+    monkeypatch.setattr(paths, "RUNS_DIR", runs)
     monkeypatch.setattr(paths, "WEIGHTS_DIR", weights_dir)
-    config = train.TrainConfig(model="lenet", epochs=1, train_subset=300, batch_size=100, device="cpu")
-    train.fit_or_load(config, runs / "lenet-s0", quiet=True, dataset=small_fashion_mnist)
+    config = TrainConfig(model="lenet", epochs=1, train_subset=300, batch_size=100, device="cpu")
+    fit_or_load(config, runs / "lenet-s0", quiet=True, dataset=small_fashion_mnist)
     exported = torch.load(weights_dir / "lenet-s0.pt")
-    model, _ = train.load_trained_model(runs / "lenet-s0")
+    model, _ = load_trained_model(runs / "lenet-s0")
     assert all(torch.equal(exported[k], v) for k, v in model.state_dict().items())
-    train.fit_or_load(config, tmp_path / "elsewhere" / "lenet-s1", quiet=True, dataset=small_fashion_mnist)
+    fit_or_load(config, tmp_path / "elsewhere" / "lenet-s1", quiet=True, dataset=small_fashion_mnist)
     assert not (weights_dir / "lenet-s1.pt").exists()  # only runs of the study's runs directory

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import paths
-from .paths import display_path
+from squeezestudy.core import paths
+from squeezestudy.core.paths import display_path
 
 
 class UsageError(ValueError):
@@ -16,7 +16,7 @@ class UsageError(ValueError):
 
 
 def _cmd_data(args) -> int:
-    from . import data
+    from squeezestudy.data import fashion_mnist as data
 
     ds = data.load(args.dir)
     mean, std = ds.mean_std()
@@ -47,7 +47,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     source of run defaults); --model-kwargs takes JSON."""
     import dataclasses
 
-    from .train import TrainConfig
+    from squeezestudy.training.config import TrainConfig
 
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -66,7 +66,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     import dataclasses
 
-    from .train import TrainConfig
+    from squeezestudy.training.config import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{**values, "model_kwargs": _parse_model_kwargs(args.model_kwargs)})
@@ -107,7 +107,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args) -> int:
-    from .train import RUNS_DIR, fit
+    from squeezestudy.core.paths import RUNS_DIR
+    from squeezestudy.training.loop import fit
 
     config = config_from_args(args)
     out = Path(args.out) if args.out else RUNS_DIR / (args.name or f"{args.model}-s{args.seed}")
@@ -121,7 +122,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_batch(args) -> int:
-    from .batch import BatchInterrupted, run_batch, summary_table
+    from squeezestudy.batch.runner import BatchInterrupted, run_batch, summary_table
 
     gpus = args.gpus.split(",") if args.gpus is not None else None
     try:
@@ -138,63 +139,64 @@ def _cmd_batch(args) -> int:
 
 
 def _cmd_unseal(args) -> int:
-    from .data import load
-    from .sealed import unseal
+    from squeezestudy.data.fashion_mnist import load
+    from squeezestudy.runs.sealed import unseal
 
     unseal(args.runs, dataset=load(args.data_dir))
     return 0
 
 
 def _cmd_deep_compression(args) -> int:
-    from .dc_grid import run_grid
+    from squeezestudy.compression.grid import run_grid
 
     run_grid(args.grid, args.run, jobs=args.jobs)
     return 0
 
 
 def _cmd_report(args) -> int:
-    from .report import main as report_main
+    from squeezestudy.report.documents import main as report_main
 
     return report_main(args.docs or None, check=args.check)
 
 
 def _cmd_tune(args) -> int:
-    from . import tune
-    from .data import load
-    from .device import pick_device
+    from squeezestudy.core.device import pick_device
+    from squeezestudy.data.fashion_mnist import load
+    from squeezestudy.speed import tune
+    from squeezestudy.training import settings
 
     device = pick_device(args.device)
     if args.if_training:  # `make study`: tune only what is about to train
-        from .batch import pending_training
+        from squeezestudy.batch.runner import pending_training
 
         models = sorted({str(r.parameters.get("model")) for r in pending_training(args.if_training)})
         if not models:
             print(f"every training run of profile {args.if_training} is done: nothing to tune")
             return 0
         args.models = models
-    tuned = tune.read_cache().get(tune.machine_key(device), {})
+    tuned = settings.read_cache().get(settings.machine_key(device), {})
     if args.if_untuned and all(any(key.startswith(f"{m} |") for key in tuned) for m in args.models):
-        print(f"this machine is tuned already ({tune.machine_key(device)}); `squeezestudy tune` retunes")
+        print(f"this machine is tuned already ({settings.machine_key(device)}); `squeezestudy tune` retunes")
         return 0
     if args.show:
         entries = tuned
-        print(f"{tune.cache_path()}: {len(entries)} model(s) tuned on {tune.machine_key(device)}")
+        print(f"{settings.cache_path()}: {len(entries)} model(s) tuned on {settings.machine_key(device)}")
     else:
         if args.seconds <= 0:
             raise UsageError(f"--seconds must be positive, got {args.seconds}")
-        from .models import spec
+        from squeezestudy.models import spec
 
         for name in args.models:
             spec(name)  # an unknown name fails before any measuring
         entries = tune.tune(args.models, device, load(args.data_dir), args.seconds)
-        print(f"\ncached in {display_path(tune.cache_path())}")
+        print(f"\ncached in {display_path(settings.cache_path())}")
     if args.record:
-        from . import fileio
+        from squeezestudy.core import fileio
 
         fileio.write_text(Path(args.record), json.dumps(
-            {"machine": tune.machine_key(device), "entries": entries}, indent=1, sort_keys=True) + "\n")
+            {"machine": settings.machine_key(device), "entries": entries}, indent=1, sort_keys=True) + "\n")
     for key, entry in entries.items():
-        chosen, default = tune.Choice(**entry["choice"]), tune.Choice(**entry["default"])
+        chosen, default = settings.Choice(**entry["choice"]), settings.Choice(**entry["default"])
         # rates of different groups come from different rounds: only the choice is compared
         print(f"{key}: " + (f"the static default kept ({default.label()})" if chosen == default else
                             f"{chosen.label()}, in place of the static default ({default.label()})"))
@@ -202,7 +204,7 @@ def _cmd_tune(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import main as bench_main
+    from squeezestudy.speed.bench import main as bench_main
 
     return bench_main(args)
 
@@ -242,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="measure this machine's fastest settings per model and cache "
                                     "them: fit uses them for settings left to auto")
-    from .tune import DEFAULT_MODELS as TUNED_MODELS
+    from squeezestudy.speed.tune import DEFAULT_MODELS as TUNED_MODELS
 
     p.add_argument("--models", nargs="+", default=list(TUNED_MODELS))
     p.add_argument("--seconds", type=float, default=2.0, help="time per candidate setting")
@@ -268,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_unseal)
 
     p = sub.add_parser("bench", help="training throughput: naive pipeline vs this project's")
-    from .bench import add_arguments
+    from squeezestudy.speed.bench import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=_cmd_bench)
@@ -277,12 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (arguments, data, run directories): one message, exit 2."""
-    from .data import DataNotFoundError
-    from .idx import IdxError
-    from .models import UnknownModelError
-    from .paths import OutputDirError
-    from .rundir import ResultFileError, ResultFileMissingError, RunExistsError
-    from .sealed import SealError
+    from squeezestudy.core.paths import OutputDirError
+    from squeezestudy.data.fashion_mnist import DataNotFoundError
+    from squeezestudy.data.idx import IdxError
+    from squeezestudy.models import UnknownModelError
+    from squeezestudy.runs.sealed import SealError
+    from squeezestudy.training.rundir import ResultFileError, ResultFileMissingError, RunExistsError
 
     return (ValueError, UnknownModelError, DataNotFoundError, IdxError, OutputDirError,
             ResultFileError, ResultFileMissingError, RunExistsError, SealError)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .paths import RUNS_DIR, SMOKE_RUNS_DIR, smoke_mode  # noqa: F401 (notebooks import it from here)
-from .train import TrainConfig
+from squeezestudy.core.paths import RUNS_DIR, SMOKE_RUNS_DIR, smoke_mode  # noqa: F401 (notebooks import it from here)
+from squeezestudy.training.config import TrainConfig
 
 SMOKE_TRAIN_IMAGES = 2_000
 
@@ -30,7 +30,7 @@ def check_data(directory: str | None = None) -> None:
     """The first thing a notebook that reads Fashion-MNIST does: nothing (no output) when the data
     is there, a download where it is missing and the machine is online, and otherwise one message
     saying how to point the notebook at the files, before any other cell fails on them."""
-    from . import data
+    from squeezestudy.data import fashion_mnist as data
 
     try:
         data.locate(directory, download=True)

@@ -1,0 +1,375 @@
+"""Deep Compression (Han et al., 2016), the three stages the SqueezeNet paper applies in its Table 2:
+
+1. magnitude pruning, then retraining with the pruned weights held at zero;
+2. trained weight sharing: per layer, k-means (linear initialisation) over the surviving weights
+   into 2^bits shared values, then retraining the shared values (each centroid's gradient is the
+   sum of the gradients of the weights it stands for);
+3. Huffman coding of what is stored: each surviving weight's cluster index, and the gaps between
+   surviving weights' positions (relative indexing; a gap longer than the index width is bridged
+   by a filler entry, as in the paper).
+
+`save` writes the study's own file format; `load` reads it back into a working model. Every
+weight tensor (convolution kernels; ndim > 1) is compressed; biases are stored as fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from squeezestudy.compression import huffman
+from squeezestudy.core import fileio
+from squeezestudy.data.fashion_mnist import Batches
+from squeezestudy.training.rundir import read_weights
+
+MAGIC = b"SQDC1\n"
+GAP_BITS = 8  # relative index width: gaps up to 255, longer ones bridged by fillers
+
+
+class CompressedFileError(ValueError):
+    """A Deep Compression file that cannot be read."""
+
+
+def weight_names(model: nn.Module) -> list[str]:
+    """The parameters Deep Compression prunes and shares: every weight tensor with ndim > 1."""
+    return [name for name, p in model.named_parameters() if p.ndim > 1]
+
+
+# --- stage 1: pruning --------------------------------------------------------------------------
+
+def magnitude_masks(model: nn.Module, density: float) -> dict[str, torch.Tensor]:
+    """Per layer, keep the `density` share of weights with the largest magnitude (at least one)."""
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    params = dict(model.named_parameters())
+    masks = {}
+    for name in weight_names(model):
+        w = params[name].detach().abs().flatten()
+        keep = max(1, round(density * w.numel()))
+        threshold = torch.topk(w, keep).values[-1]
+        masks[name] = (params[name].detach().abs() >= threshold)
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask)
+
+
+# --- stage 2: trained weight sharing -----------------------------------------------------------
+
+def kmeans_1d(values: torch.Tensor, k: int, iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centroids, assignment of each value): Lloyd's algorithm in one dimension, centroids
+    initialised evenly between the smallest and largest value (Han et al.'s best initialisation:
+    it keeps centroids for the rare large weights)."""
+    k = max(1, min(k, values.numel()))
+    centroids = torch.linspace(values.min().item(), values.max().item(), k, dtype=torch.float64)
+    v = values.double()
+    for _ in range(iterations):
+        assign = torch.bucketize(v, (centroids[1:] + centroids[:-1]) / 2)
+        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, assign, v)
+        counts = torch.bincount(assign, minlength=k).double()
+        updated = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+        if torch.equal(updated, centroids):
+            break
+        centroids = updated
+    assign = torch.bucketize(v, (centroids[1:] + centroids[:-1]) / 2)
+    return centroids.float(), assign
+
+
+@dataclass
+class SharedLayer:
+    centroids: torch.Tensor  # k shared values
+    assign: torch.Tensor  # cluster of each surviving weight, in flattened order
+    mask: torch.Tensor  # which weights survive pruning (bool, the weight's shape)
+
+    def weight(self) -> torch.Tensor:
+        w = torch.zeros(self.mask.shape, dtype=self.centroids.dtype)
+        w[self.mask] = self.centroids[self.assign]
+        return w
+
+
+def share_weights(model: nn.Module, masks: dict[str, torch.Tensor], bits: int) -> dict[str, SharedLayer]:
+    params = dict(model.named_parameters())
+    shared = {}
+    for name, mask in masks.items():
+        centroids, assign = kmeans_1d(params[name].detach()[mask], 2**bits)
+        shared[name] = SharedLayer(centroids, assign, mask)
+    write_shared(model, shared)
+    return shared
+
+
+def write_shared(model: nn.Module, shared: dict[str, SharedLayer]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, layer in shared.items():
+            params[name].copy_(layer.weight().to(params[name].device))
+
+
+# --- retraining --------------------------------------------------------------------------------
+
+def retrain(model: nn.Module, batches: Batches, epochs: int, lr: float,
+            masks: dict[str, torch.Tensor] | None = None, shared: dict[str, SharedLayer] | None = None,
+            seed: int = 0, label_smoothing: float = 0.0, log: Callable[[str], None] = lambda _: None) -> None:
+    """AdamW at a constant `lr` (no weight decay: it would pull pruned zeros' neighbours around).
+    With `masks`: pruned weights get no update and stay zero. With `shared`: the shared values
+    are trained instead of the weights; biases train as usual in both cases. The model's own
+    recipe carries over through `batches` (augmentation) and `label_smoothing`."""
+    params = dict(model.named_parameters())
+    trained = [p for n, p in params.items() if not (shared and n in shared)]
+    centroids = []
+    if shared:
+        for layer in shared.values():
+            layer.centroids = layer.centroids.clone().requires_grad_(False)
+            centroids.append(layer.centroids)
+    optimizer = torch.optim.AdamW([{"params": trained}, {"params": centroids}], lr=lr, weight_decay=0.0)
+    model.train()
+    for epoch in range(epochs):
+        batches.set_seed(seed * 1000 + epoch)
+        torch.manual_seed(seed * 1000 + epoch)
+        for x, y in batches:
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+            loss.backward()
+            if masks:
+                for name, mask in masks.items():
+                    params[name].grad.mul_(mask)
+            if shared:
+                for name, layer in shared.items():
+                    g = params[name].grad[layer.mask].double()
+                    layer.centroids.grad = torch.zeros_like(layer.centroids, dtype=torch.float64).index_add_(
+                        0, layer.assign, g).float()
+                    params[name].grad = None  # the weight follows its centroids, not its own gradient
+            optimizer.step()
+            if masks and not shared:
+                apply_masks(model, masks)
+            if shared:
+                write_shared(model, shared)
+        log(f"retrain epoch {epoch + 1}/{epochs}: last batch loss {loss.item():.4f}")
+    model.eval()
+
+
+# --- stage 3: the file ---------------------------------------------------------------------------
+
+def _gaps_with_fillers(mask: torch.Tensor, assign: torch.Tensor,
+                       filler: int) -> tuple[np.ndarray, np.ndarray]:
+    """Relative positions of the surviving weights, each gap < 2^GAP_BITS, and their cluster
+    indices; a longer gap gets filler entries (cluster index `filler`, a zero weight)."""
+    positions = np.flatnonzero(mask.flatten().numpy())
+    gaps, symbols, previous = [], [], -1
+    largest = 2**GAP_BITS - 1
+    for position, cluster in zip(positions.tolist(), assign.tolist(), strict=True):
+        gap = position - previous
+        while gap > largest:
+            gaps.append(largest)
+            symbols.append(filler)
+            gap -= largest
+        gaps.append(gap)
+        symbols.append(cluster)
+        previous = position
+    return np.array(gaps, dtype=np.int64), np.array(symbols, dtype=np.int64)
+
+
+def save(path: str | Path, model: nn.Module, shared: dict[str, SharedLayer], arch: dict) -> int:
+    """Write the compressed model; `arch` ({"model": name, "kwargs": {...}}) is what `load` builds.
+    Returns the file's size in bytes."""
+    header = {"arch": arch, "gap_bits": GAP_BITS, "layers": [], "biases": []}
+    payload = bytearray()
+    for name, layer in shared.items():
+        k = len(layer.centroids)
+        gaps, symbols = _gaps_with_fillers(layer.mask, layer.assign, filler=k)
+        index_lengths = huffman.code_lengths(symbols, k + 1)
+        gap_lengths = huffman.code_lengths(gaps, 2**GAP_BITS)
+        parts = [layer.centroids.detach().numpy().astype("<f4").tobytes(), index_lengths.tobytes(),
+                 gap_lengths.tobytes(), huffman.encode(symbols, index_lengths),
+                 huffman.encode(gaps, gap_lengths)]
+        header["layers"].append({"name": name, "shape": list(layer.mask.shape), "k": k,
+                                 "entries": len(symbols), "bytes": [len(p) for p in parts]})
+        for part in parts:
+            payload += part
+    tensors = dict(model.named_parameters())
+    for name, p in tensors.items():
+        if name not in shared:
+            data = p.detach().cpu().numpy().astype("<f4").tobytes()
+            header["biases"].append({"name": name, "shape": list(p.shape), "bytes": len(data)})
+            payload += data
+    head = json.dumps(header, separators=(",", ":")).encode()
+    fileio.write_bytes(path, MAGIC + struct.pack("<I", len(head)) + head + bytes(payload))
+    return Path(path).stat().st_size
+
+
+def load(path: str | Path, build: Callable[..., nn.Module] | None = None) -> nn.Module:
+    """The model stored at `path`, in eval mode, with its pruned and shared weights."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CompressedFileError(f"{path}: no such file; write it with deep_compression.save") from None
+    try:
+        if not raw.startswith(MAGIC):
+            raise ValueError("not a Deep Compression file (wrong magic)")
+        (size,) = struct.unpack_from("<I", raw, len(MAGIC))
+        start = len(MAGIC) + 4
+        header = json.loads(raw[start:start + size])
+        offset = start + size
+        if build is None:
+            from squeezestudy.models import build as build_model
+
+            build = build_model
+        model = build(header["arch"]["model"], **header["arch"]["kwargs"])
+        state = {}
+        for layer in header["layers"]:
+            parts = []
+            for n in layer["bytes"]:
+                if offset + n > len(raw):
+                    raise ValueError("file ends early (truncated)")
+                parts.append(raw[offset:offset + n])
+                offset += n
+            k = layer["k"]
+            centroids = np.frombuffer(parts[0], dtype="<f4")
+            index_lengths = np.frombuffer(parts[1], dtype=np.uint8)
+            gap_lengths = np.frombuffer(parts[2], dtype=np.uint8)
+            symbols = huffman.decode(parts[3], index_lengths, layer["entries"])
+            gaps = huffman.decode(parts[4], gap_lengths, layer["entries"])
+            weight = np.zeros(int(np.prod(layer["shape"])), dtype=np.float32)
+            positions = np.cumsum(gaps) - 1
+            real = symbols < k
+            weight[positions[real]] = centroids[symbols[real]]
+            state[layer["name"]] = torch.from_numpy(weight.reshape(layer["shape"]))
+        for bias in header["biases"]:
+            data = raw[offset:offset + bias["bytes"]]
+            if len(data) != bias["bytes"]:
+                raise ValueError("file ends early (truncated)")
+            offset += bias["bytes"]
+            values = np.frombuffer(data, dtype="<f4").copy()
+            state[bias["name"]] = torch.from_numpy(values).reshape(bias["shape"])
+        if offset != len(raw):
+            raise ValueError(f"{len(raw) - offset} bytes after the last tensor")
+        model.load_state_dict(state)
+    except (ValueError, KeyError, IndexError, struct.error, json.JSONDecodeError, RuntimeError) as err:
+        raise CompressedFileError(f"{path}: cannot read it as a Deep Compression file ({err}); "
+                                  "write it again with deep_compression.save") from None
+    return model.eval()
+
+
+def storage(shared: dict[str, SharedLayer], model: nn.Module) -> dict:
+    """Counts for the record: weights, surviving weights, bits a weight in the file."""
+    total = sum(layer.mask.numel() for layer in shared.values())
+    kept = sum(int(layer.mask.sum()) for layer in shared.values())
+    others = sum(p.numel() for n, p in model.named_parameters() if n not in shared)
+    return {"weights": total, "kept": kept, "density": kept / total, "other_params": others}
+
+
+def compress(model: nn.Module, train: Batches, density: float, bits: int, prune_epochs: int = 2,
+             share_epochs: int = 1, lr: float = 1e-4, seed: int = 0, label_smoothing: float = 0.0,
+             log: Callable[[str], None] = lambda _: None) -> dict[str, SharedLayer]:
+    """The three stages on `model` (changed in place): prune to `density` and retrain, share
+    weights in 2^bits clusters per layer and retrain the shared values. Returns what `save` stores."""
+    masks = magnitude_masks(model, density)
+    apply_masks(model, masks)
+    retrain(model, train, prune_epochs, lr, masks=masks, seed=seed, label_smoothing=label_smoothing, log=log)
+    shared = share_weights(model, masks, bits)
+    retrain(model, train, share_epochs, lr, masks=masks, shared=shared, seed=seed + 1,
+            label_smoothing=label_smoothing, log=log)
+    return shared
+
+
+def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: float, bits: int,
+                 out_dir: str | Path, prune_epochs: int = 2, share_epochs: int = 1, lr: float = 1e-4,
+                 seed: int = 0, augment: bool = False, label_smoothing: float = 0.0, dataset=None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Deep-compress a trained model's fp32 state dict (`weights`) and record, from the file read
+    back: its size, and validation and test accuracy. Writes `<name>.sqdc` and `<name>.json`.
+    `augment` and `label_smoothing`: the retraining uses the model's own recipe's."""
+    from squeezestudy.data import fashion_mnist as fmnist
+    from squeezestudy.models import build
+    from squeezestudy.training.evaluate import evaluate
+
+    dataset = dataset if dataset is not None else fmnist.load()
+    mean, std = dataset.mean_std()
+
+    def batches(split, train):
+        return Batches(split, 256 if train else 1000, mean=mean, std=std, shuffle=train, drop_last=train,
+                       augment=train and augment)
+
+    kwargs = {"num_classes": fmnist.NUM_CLASSES, "in_channels": 1, **model_kwargs}
+    net = build(model, **kwargs)
+    net.load_state_dict(read_weights(weights))  # a damaged file: an error naming it
+    before = {"val_acc": evaluate(net, batches(dataset.val, False))[1],
+              "test_acc": evaluate(net, batches(dataset.test, False))[1]}
+    shared = compress(net, batches(dataset.train, True), density, bits, prune_epochs, share_epochs, lr,
+                      seed, label_smoothing, log)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{Path(weights).stem.removesuffix('-fp32')}-dc-d{density:g}-{bits}bit"
+    size = save(out_dir / f"{name}.sqdc", net, shared, {"model": model, "kwargs": kwargs})
+    loaded = load(out_dir / f"{name}.sqdc")
+    record = {"name": name, "source": str(weights), "model": model, "density": density, "bits": bits,
+              "prune_epochs": prune_epochs, "share_epochs": share_epochs, "lr": lr, "seed": seed,
+              "augment": augment, "label_smoothing": label_smoothing,
+              "file_bytes": size, "uncompressed": before,
+              "val_acc": evaluate(loaded, batches(dataset.val, False))[1],
+              "test_acc": evaluate(loaded, batches(dataset.test, False))[1], **storage(shared, net)}
+    fileio.write_text(out_dir / f"{name}.json", json.dumps(record, indent=2) + "\n")
+    log(f"{name}: {size:,} bytes, val {record['val_acc']:.4f} (was {before['val_acc']:.4f}), "
+        f"test {record['test_acc']:.4f} (was {before['test_acc']:.4f})")
+    return record
+
+
+MAX_VAL_DROP_POINTS = 0.5  # a recipe may cost at most this much validation accuracy
+
+
+def records(out_dir: str | Path, source: str) -> pd.DataFrame:
+    """The recipes tried on one model (`source`: the weights' stem, e.g. `headline-b96-s0`), one
+    row each, with the file size in KB and the validation change in points."""
+    found = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob(f"{source}-dc-*.json"))]
+    if not found:
+        raise FileNotFoundError(f"no Deep Compression record of {source} in {out_dir}; run "
+                                "`squeezestudy deep-compression` first")
+    table = pd.DataFrame(found)
+    table["file_KB"] = table.file_bytes / 1000
+    table["val_change"] = 100 * (table.val_acc - table.uncompressed.map(lambda u: u["val_acc"]))
+    return table
+
+
+def choose(table: pd.DataFrame, max_drop: float = MAX_VAL_DROP_POINTS) -> pd.DataFrame:
+    """Per bit width, the smallest file whose validation accuracy is at most `max_drop` points
+    below the uncompressed model's (the rule is fixed before the test set is looked at)."""
+    allowed = table[table.val_change >= -max_drop]
+    return allowed.loc[allowed.groupby("bits").file_bytes.idxmin()].set_index("bits")
+
+
+def table2(label: str, fp32: nn.Module, fp32_bytes: int, chosen: pd.DataFrame, out_dir: str | Path,
+           test: Batches, calibration: Batches, alexnet_bytes: int, alexnet_acc: float) -> pd.DataFrame:
+    """The paper's Table 2 at this scale for one model: AlexNet-112's fp32 file, the model's fp32
+    file, its int8 post-training quantization, and each chosen Deep Compression file read back
+    from disk; sizes in bytes, the ratio to AlexNet's file, test accuracy and its change."""
+    from squeezestudy.compression.int8 import int8_result
+    from squeezestudy.training.evaluate import evaluate
+
+    fp32.eval()
+    int8 = int8_result(fp32, f"table2/{label}", test, calibration)  # recorded where measured
+    int8_bytes, int8_acc = int8["file_bytes"], int8["test_acc"]
+    rows = [("AlexNet-112", "none (fp32)", alexnet_bytes, alexnet_acc),
+            (label, "none (fp32)", fp32_bytes, evaluate(fp32, test)[1]),
+            (label, "int8 (post-training)", int8_bytes, int8_acc)]
+    for bits, row in chosen.iterrows():
+        path = Path(out_dir) / f"{row['name']}.sqdc"
+        rows.append((label, f"Deep Compression, {bits}-bit, {row.density:.0%} kept", path.stat().st_size,
+                     evaluate(load(path), test)[1]))
+    table = pd.DataFrame(rows, columns=["model", "compression", "file_bytes", "test_acc"])
+    table["x_smaller_than_alexnet"] = (alexnet_bytes / table.file_bytes).round(1)
+    table["change_points"] = (100 * (table.test_acc - table.test_acc.iloc[1])).round(2)
+    table.loc[0, "change_points"] = float("nan")
+    return table

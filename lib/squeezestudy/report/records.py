@@ -1,0 +1,139 @@
+"""Tables of the recorded measurements: Deep Compression's Table 2, tuning and speed, the committed
+weights."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from squeezestudy.analysis import headline, stats
+from squeezestudy.analysis.headline import ALEXNET_RUNS
+from squeezestudy.core.paths import OUTPUTS, WEIGHTS_DIR
+from squeezestudy.report.markdown import ReportError, markdown_table, runs_matching
+from squeezestudy.runs.finished import EXPORT_MAX_BYTES, keeps_weights
+from squeezestudy.speed import bench, tune
+from squeezestudy.training import settings
+
+DEEP_COMPRESSION_TABLE = OUTPUTS / "deep_compression" / "table2.csv"
+
+
+HEADLINE_COMPRESSION_TABLE = OUTPUTS / "deep_compression" / "table2_headline.csv"
+
+
+def deep_compression_table(runs: pd.DataFrame, table: Path = DEEP_COMPRESSION_TABLE,
+                           notebook: str = "11_deep_compression") -> str:
+    """The paper's Table 2 at this scale, as notebook 11 (or 12) measured it (file sizes on disk,
+    test accuracy of the models read back from the files)."""
+    if not table.is_file():
+        raise ReportError(f"{table} is missing; execute notebooks/{notebook}.ipynb")
+    t = pd.read_csv(table)
+    untrained = " (an untrained model's file: its size depends on the shapes only)"
+    rows = [{"model": r.model,
+             "compression": r.compression + (untrained if r.model == "AlexNet-112" else ""),
+             "file size": f"{r.file_bytes / 1e3:,.1f} KB",
+             "x smaller than AlexNet-112 (fp32)": f"{r.x_smaller_than_alexnet:,.0f}x",
+             "test accuracy": (stats.mean_std(runs_matching(ALEXNET_RUNS, runs).test_acc) + " (seeds)"
+                               if r.model == "AlexNet-112" else f"{100 * r.test_acc:.2f}"),
+             "change, points": "" if pd.isna(r.change_points) else f"{r.change_points:+.2f}"}
+            for r in t.itertuples()]
+    return markdown_table(pd.DataFrame(rows), "llrrrr")
+
+
+def headline_compression_table(runs: pd.DataFrame) -> str:
+    return deep_compression_table(runs, HEADLINE_COMPRESSION_TABLE, "12_headline")
+
+
+TUNING_RECORD = OUTPUTS / "benchmarks" / "tuning.json"
+
+
+THROUGHPUT_RECORD = OUTPUTS / "benchmarks" / "throughput.json"
+
+
+def _read_record(path: Path, command: str) -> dict:
+    if not path.is_file():
+        raise ReportError(f"{path} is missing; run `{command}`")
+    return json.loads(path.read_text())
+
+
+def tuning_table(runs: pd.DataFrame) -> str:
+    """`squeezestudy tune --record` on the study's machine: per model, the static default, the
+    choice the pass made (another value only where every round of it beat every round of the
+    current one), and the largest gain another value showed over the current one in the rounds
+    they shared (medians)."""
+    record = _read_record(TUNING_RECORD, f"squeezestudy tune --record {TUNING_RECORD}")
+    rows = []
+    for key, e in record["entries"].items():
+        best_gain, best_label = 0.0, ""
+        for group in e["groups"]:
+            rates = {settings.Choice(**{k: r[k] for k in e["choice"]}): r["images_per_s"]
+                     for r in group["rates"]}
+            current = settings.Choice(**group["current"])
+            for choice, rate in rates.items():
+                if choice != current and rate / rates[current] > best_gain:
+                    best_gain, best_label = rate / rates[current], f"{group['axis']}: {choice.label()}"
+        rows.append({"model, batch, input": key.replace(" | ", ", "),
+                     "static default": settings.Choice(**e["default"]).label(),
+                     "chosen": "the static default" if e["choice"] == e["default"]
+                     else settings.Choice(**e["choice"]).label(),
+                     "best other value, against the current one in the same rounds":
+                     f"{best_label} ({best_gain:.2f}x)" if best_label else "none timed",
+                     "settings timed": sum(len(g["rates"]) for g in e["groups"])})
+    return (f"Measured on `{record['machine']}`; medians of {tune.ROUNDS} interleaved rounds. A value "
+            "replaced the current one only where every one of its rounds beat every round of the "
+            "current one.\n\n" + markdown_table(pd.DataFrame(rows), "llllr"))
+
+
+def speed_table(runs: pd.DataFrame) -> str:
+    """`squeezestudy bench` on the study's machine: per model, the naive pipeline against the
+    project's default (the ratio, the share of the fp32 matrix-product peak), and the default
+    against the fastest setting tried in the same interleaved rounds (batch-size rows excluded:
+    they change the recipe)."""
+    record = _read_record(THROUGHPUT_RECORD, "squeezestudy bench --out outputs/benchmarks")
+    meta, records = record["meta"], record["records"]
+    rows = []
+    # the verdicts from the recorded rounds, by the benchmark's own rule
+    for verdict in bench.default_verdicts([bench.Record(**r) for r in records]):
+        model = [r for r in records if r["model"] == verdict["model"]]
+        naive = next(r for r in model if r["pipeline"] == "naive")
+        default = next(r for r in model if r["pipeline"] == "project" and r["label"] == "default")
+        s = default["settings"]
+        rows.append({"model (batch)": f"{verdict['model']} ({s['batch_size']})",
+                     "naive images/s": f"{naive['images_per_s']:,.0f}",
+                     "default images/s": f"{default['images_per_s']:,.0f}",
+                     "its rounds": f"{min(default['repeats']):,.0f}-{max(default['repeats']):,.0f}",
+                     "x naive": f"{default['ratio_vs_naive']:.2f}",
+                     "% of fp32 peak": f"{100 * default['fraction_of_peak']:.0f}",
+                     "default": settings.Choice(**{k: s[k] for k in settings.SETTINGS}).label(),
+                     "fastest other setting": f"{verdict['best']}: {verdict['best_images_per_s']:,.0f}"
+                     if verdict["best"] != "default" else "none",
+                     "default within 5%": verdict["within_5_percent"] if verdict["within_5_percent"] == "yes"
+                     else f"{verdict['within_5_percent']} ({verdict['default_over_best']:.2f})"})
+    return (f"Measured on `{meta.get('machine', meta['device_name'])}`; fp32 matrix-product peak "
+            f"{meta['peak_gflops']['fp32']:,.0f} GFLOP/s in the same run; each figure the median "
+            f"of {meta['repeats']} rounds.\n\n" + markdown_table(pd.DataFrame(rows), "lrrrrrlll"))
+
+
+def _weights_family(run: str) -> str:
+    """`lenet-s1` -> `lenet-s*`; a design sweep's runs share one row (`design-sr*-s*`)."""
+    return re.sub(r"^design-(sr|pct)[\d.]+$", r"design-\1*", headline.setting_name(run)) + "-s*"
+
+
+def weights_table(runs: pd.DataFrame, weights_dir: str | Path = WEIGHTS_DIR) -> str:
+    """Which runs a reader can load without training (weights.load_model), and what their weight
+    files take in git; a run whose weights exceed train.EXPORT_MAX_BYTES has none by design."""
+    rows, total_files, total_bytes = [], 0, 0
+    for family, group in runs.groupby(runs.run.map(_weights_family), sort=True):
+        sizes = [f.stat().st_size for f in (Path(weights_dir) / f"{r}.pt" for r in group.run) if f.is_file()]
+        low, high = int(group.params.min()), int(group.params.max())
+        too_big = not keeps_weights(low)
+        rows.append({"runs": f"`{family}`", "parameters": f"{low:,}" if low == high else f"{low:,}-{high:,}",
+                     "weight files": f"{len(sizes)} of {len(group)}"
+                     + (f" (over {EXPORT_MAX_BYTES // 2**20} MiB: not kept)" if too_big else ""),
+                     "bytes": f"{sum(sizes):,}"})
+        total_files, total_bytes = total_files + len(sizes), total_bytes + sum(sizes)
+    rows.append({"runs": "**all**", "parameters": "", "weight files": f"**{total_files} of {len(runs)}**",
+                 "bytes": f"**{total_bytes:,}** ({total_bytes / 2**20:.1f} MiB)"})
+    return markdown_table(pd.DataFrame(rows), "lrlr")

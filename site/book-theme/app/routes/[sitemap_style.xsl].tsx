@@ -1,1 +1,0 @@
-export { sitemapStylesheetResponse as loader } from '@myst-theme/site';
