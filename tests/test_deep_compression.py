@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from squeezestudy.compression import deep_compression as dc
-from squeezestudy.compression import huffman
+from squeezestudy.compression import huffman, sqdc
 from squeezestudy.models import build
 
 ARCH = {"model": "squeezenet_fmnist", "kwargs": {"num_classes": 10, "in_channels": 1}}
@@ -67,7 +67,7 @@ def test_file_round_trip_gives_the_compressed_model(tmp_path):
 def test_long_gaps_are_bridged_by_fillers():
     mask = torch.zeros(2000, dtype=torch.bool)
     mask[[0, 700, 1999]] = True
-    gaps, symbols = dc._gaps_with_fillers(mask, torch.tensor([1, 2, 3]), filler=9)
+    gaps, symbols = sqdc._gaps_with_fillers(mask, torch.tensor([1, 2, 3]), filler=9)
     assert (gaps < 256).all() and symbols.tolist().count(9) == len(symbols) - 3
     positions = np.cumsum(gaps) - 1
     assert positions[symbols != 9].tolist() == [0, 700, 1999]
@@ -181,3 +181,44 @@ def test_the_grids_are_a_command_of_the_package(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="compresses a finished run: name it"):
         dc_grid.run_grid("long", None, jobs=1, out_dir=tmp_path, log_dir=tmp_path)
     assert cli.main(["deep-compression", "long"]) == 2  # a usage error, one line
+
+
+# --- every file read back is the one recorded (issue 24) -----------------------------------------
+
+def test_a_changed_file_or_another_models_file_is_refused(tmp_path):
+    """One flipped bit used to load silently with different weights (129 of 240 random flips);
+    another model's file under this name loaded that model."""
+    import hashlib
+
+    model = build(ARCH["model"], **ARCH["kwargs"])
+    path = tmp_path / "m.sqdc"
+    size = dc.save(path, model, dc.share_weights(model, dc.magnitude_masks(model, 0.5), 4), ARCH)
+    raw = path.read_bytes()
+    record = {"file_bytes": size, "file_sha256": hashlib.sha256(raw).hexdigest(), "model": ARCH["model"]}
+    dc.load(path, expect=dc.expectation(record))  # the recorded file loads
+    rng = np.random.default_rng(0)
+    for position in rng.integers(0, len(raw), 40):
+        flipped = bytearray(raw)
+        flipped[position] ^= 1 << int(rng.integers(0, 8))
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(dc.CompressedFileError, match=r"m\.sqdc: not the file that was recorded \(its "
+                                                         r"SHA-256 .*restore it from git"):
+            dc.load(path, expect=dc.expectation(record))
+    path.write_bytes(raw[:-3])
+    with pytest.raises(dc.CompressedFileError, match=rf"it is {size - 3:,} bytes, its record says {size:,}"):
+        dc.load(path, expect=dc.expectation(record))
+    path.write_bytes(raw)
+    with pytest.raises(dc.CompressedFileError, match="holds a squeezenet_fmnist, not the squeezenet_design"):
+        dc.load(path, expect={"model": "squeezenet_design"})
+
+
+def test_every_committed_compressed_file_is_the_one_its_record_describes():
+    import json
+
+    records = sorted(Path(__file__).resolve().parents[1].glob("outputs/deep_compression/*.json"))
+    records = [p for p in records if "density" in json.loads(p.read_text())]
+    assert len(records) >= 17
+    for p in records:
+        record = json.loads(p.read_text())
+        raw = p.with_suffix(".sqdc").read_bytes()
+        assert record["file_sha256"] and sqdc._unexpected(p, raw, dc.expectation(record)) is None, p.name

@@ -153,19 +153,23 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(fashion_mnist, tmp
     assert not list(run_dir.glob(".*.tmp"))
 
 
-def test_sigint_exits_130_and_says_how_to_resume(fashion_mnist, tmp_path):
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_sigint_or_sigterm_exits_and_says_how_to_resume(fashion_mnist, tmp_path, signum, code):
+    """SIGTERM (kill, a job scheduler) is handled as Ctrl-C is, with its own exit code."""
     run_dir = tmp_path / "run"
     # many epochs: however slow this process is to react, the signal lands before the end
     proc = start_and_wait_for_checkpoint(train_command(run_dir, fashion_mnist.source, epochs=50), run_dir)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     try:
         _, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:  # never leave a training process behind a failed test
             proc.kill()
-    assert proc.returncode == 130, f"exit {proc.returncode}: {stderr}"
+    assert proc.returncode == code, f"exit {proc.returncode}: {stderr}"
     assert "Traceback" not in stderr
     assert f"saved in {run_dir}" in stderr
+    assert not (run_dir / ".lock").exists()  # the run directory's lock is released
     assert ("continue with resume=True (command line: --resume; notebook 05 or the batch: run it "
             "again)") in stderr
     assert not (run_dir / rundir.METRICS).exists()
@@ -743,3 +747,68 @@ def test_cli_disk_failure_exits_1_and_keeps_the_previous_file(tiny, tmp_path, mo
                        "--epochs", "1", "--quiet", "--out", str(tmp_path / "run"))
     assert code == 1 and "error: [Errno 28] No space left on device" in output
     assert "Traceback" not in output
+
+
+# --- one writer per run directory; interrupts before a command starts (issue 24) ---------------
+
+def test_a_second_writer_of_a_run_directory_exits_2_naming_the_first(tiny, tmp_path, capsys, monkeypatch):
+    from squeezestudy.core.lock import holding
+
+    monkeypatch.setattr(data, "load", lambda *a, **k: tiny)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from squeezestudy.core.lock import holding\n"
+        f"with holding({str(run_dir)!r}):\n    print('held', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, output = cli(capsys, "train", "--model", "lenet", "--epochs", "1", "--batch-size", "100",
+                           "--device", "cpu", "--out", str(run_dir))
+        assert code == 2, output
+        assert f"{run_dir} is being trained by process {holder.pid} (host " in output
+        assert "Traceback" not in output and not (run_dir / rundir.CHECKPOINT).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with holding(run_dir):  # the holder was killed: its lock is stale, and taken over
+        pass
+
+
+def test_an_interrupt_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
+    import squeezestudy.cli as cli_module
+
+    def slow_parser():
+        raise KeyboardInterrupt  # Ctrl-C while torch is imported for the parser
+    monkeypatch.setattr(cli_module, "build_parser", slow_parser)
+    assert cli_module.main(["bench"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted" and "Traceback" not in err
+
+
+def test_a_bit_flipped_in_a_checkpoint_tensor_is_found(tiny, tmp_path):
+    """torch.load reads a checkpoint whose tensor bytes changed without a word; its digest does not."""
+    import struct
+    import zipfile
+
+    fit(TrainConfig(**{**FAST, "epochs": 1}), tiny, out_dir=tmp_path, quiet=True)
+    path = tmp_path / rundir.CHECKPOINT
+    assert "digest" in rundir.read_checkpoint(path)
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        spans = []
+        for info in z.infolist():
+            if "/data/" in info.filename and info.file_size > 0:  # (stored, not deflated)
+                name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)
+                spans.append((info.header_offset + 30 + name_len + extra_len, info.file_size))
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        start, size = spans[int(rng.integers(len(spans)))]
+        flipped = bytearray(raw)
+        flipped[start + int(rng.integers(size))] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(rundir.ResultFileError,
+                           match=r"checkpoint\.pt.*(checksum differs|cannot be read)"):
+            rundir.read_checkpoint(path)
+    path.write_bytes(raw)
+    rundir.read_checkpoint(path)  # and the file as saved reads back

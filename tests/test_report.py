@@ -180,3 +180,34 @@ def test_holm_adjusts_in_order_and_skips_untested():
     adjusted = stats.holm([0.01, float("nan"), 0.04, 0.03])
     assert adjusted[0] == pytest.approx(0.03) and isnan(adjusted[1])
     assert adjusted[3] == pytest.approx(0.06) and adjusted[2] == pytest.approx(0.06)  # monotone
+
+
+# --- the runs the tables must have (issue 24) -----------------------------------------------------
+
+def test_the_tables_expect_every_run_of_the_manifest_in_outputs_runs():
+    expected = report.expected_runs()
+    assert {"lenet-s1", "squeezenet_fmnist-s2", "alexnet-s1", "headline-b96aug60-s2"} <= set(expected)
+    assert not any(name.startswith(("squeezenet_fmnist-g", "smoke")) for name in expected)  # other dirs
+
+
+def test_a_missing_or_damaged_run_stops_the_report_naming_it(tmp_path, capsys):
+    """Deleting lenet-s1's metrics.json used to recompute the tables on LeNet's other 2 seeds."""
+    import shutil
+
+    from squeezestudy.core.paths import RUNS_DIR
+
+    runs = tmp_path / "runs"
+    for name in ("lenet-s0", "lenet-s1", "lenet-s2"):
+        shutil.copytree(RUNS_DIR / name, runs / name, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    assert report.incomplete_runs(runs, ["lenet-s0", "lenet-s1", "lenet-s2"]) == []
+    (runs / "lenet-s1" / "metrics.json").unlink()
+    (runs / "lenet-s2" / "history.csv").write_text("epoch\n1\n")
+    problems = report.incomplete_runs(runs, ["lenet-s0", "lenet-s1", "lenet-s2", "lenet-s3"])
+    assert problems[0] == "lenet-s1 (missing: no metrics.json)"
+    assert problems[1].startswith("lenet-s2 (inconsistent: history.csv")
+    assert problems[2:] == ["lenet-s3 (missing: no metrics.json)"]
+    with pytest.raises(report.ReportError, match=r"3 run\(s\) of runs.yaml .* lenet-s1 \(missing"):
+        report.render(runs, expected=["lenet-s0", "lenet-s1", "lenet-s2", "lenet-s3"])
+    (tmp_path / "lenet-s1").mkdir()
+    (tmp_path / "lenet-s1" / "checkpoint.pt").write_bytes(b"")
+    assert report.incomplete_runs(tmp_path, ["lenet-s1"]) == ["lenet-s1 (unfinished: no metrics.json)"]

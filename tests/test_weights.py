@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 
@@ -143,3 +145,39 @@ def test_a_finished_study_run_exports_its_weights(tmp_path, small_fashion_mnist,
     assert all(torch.equal(exported[k], v) for k, v in model.state_dict().items())
     fit_or_load(config, tmp_path / "elsewhere" / "lenet-s1", quiet=True, dataset=small_fashion_mnist)
     assert not (weights_dir / "lenet-s1.pt").exists()  # only runs of the study's runs directory
+
+
+# --- a weight file is the one exported for its run (issue 24) -------------------------------------
+
+def test_a_changed_or_foreign_weight_file_is_refused_naming_it(tmp_path):
+    import shutil
+
+    from squeezestudy.core.paths import WEIGHTS_DIR
+
+    shutil.copy(WEIGHTS_DIR / "lenet-s0.pt", tmp_path / "lenet-s0.pt")
+    shutil.copy(WEIGHTS_DIR / weights.DIGESTS, tmp_path / weights.DIGESTS)
+    weights.load_model("lenet-s0", weights_dir=tmp_path)  # the exported file loads
+    raw = bytearray((tmp_path / "lenet-s0.pt").read_bytes())
+    raw[len(raw) // 2] ^= 0x10  # one bit, inside a tensor: torch.load would not notice
+    (tmp_path / "lenet-s0.pt").write_bytes(bytes(raw))
+    with pytest.raises(weights.WeightsFileError, match=r"lenet-s0\.pt: not the file that was exported"):
+        weights.load_model("lenet-s0", weights_dir=tmp_path)
+    # another model's file under this name, recorded as if exported: the architecture is named
+    shutil.copy(WEIGHTS_DIR / "squeezenet_fmnist-s0.pt", tmp_path / "lenet-s0.pt")
+    weights._record_digest(tmp_path / "lenet-s0.pt")
+    with pytest.raises(weights.WeightsFileError, match=r"lenet-s0\.pt: its weights do not fit lenet-s0's "
+                                                       r"lenet .*another model's file"):
+        weights.load_model("lenet-s0", weights_dir=tmp_path)
+    (tmp_path / weights.DIGESTS).write_text("")  # an empty record: every file is unlisted
+    (tmp_path / weights.DIGESTS).write_text("0" * 64 + "  other.pt\n")
+    with pytest.raises(weights.WeightsFileError, match=r"not in .*SHA256SUMS"):
+        weights.load_model("lenet-s0", weights_dir=tmp_path)
+
+
+def test_every_committed_weight_file_is_recorded():
+    from squeezestudy.core.paths import WEIGHTS_DIR
+
+    recorded = weights.digests()
+    assert sorted(recorded) == sorted(p.name for p in WEIGHTS_DIR.glob("*.pt"))
+    for name, digest in recorded.items():
+        assert hashlib.sha256((WEIGHTS_DIR / name).read_bytes()).hexdigest() == digest, name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -279,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (arguments, data, run directories): one message, exit 2."""
+    from squeezestudy.core.lock import RunLockedError
     from squeezestudy.core.paths import OutputDirError
     from squeezestudy.data.fashion_mnist import DataNotFoundError
     from squeezestudy.data.idx import IdxError
@@ -287,16 +289,36 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from squeezestudy.training.rundir import ResultFileError, ResultFileMissingError, RunExistsError
 
     return (ValueError, UnknownModelError, DataNotFoundError, IdxError, OutputDirError,
-            ResultFileError, ResultFileMissingError, RunExistsError, SealError)
+            ResultFileError, ResultFileMissingError, RunExistsError, SealError, RunLockedError)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a cluster's job scheduler): handled like Ctrl-C, so that training keeps
+    its last checkpoint and says so, and a batch interrupts its kernels and prints its summary."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated("terminated (SIGTERM)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line. Exit codes: 0 done, 1 a failure (a run that failed, the disk), 2 bad
+    input (one line saying what to do), 130 Ctrl-C, 143 SIGTERM."""
+    terminated = False
+
+    def on_sigterm(signum, frame) -> None:
+        nonlocal terminated
+        terminated = True
+        _terminate(signum, frame)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)  # inside: a Ctrl-C while torch loads is one line too
+        code = args.func(args)
+        return 143 if terminated and code == 130 else code
     except KeyboardInterrupt as err:  # fit's TrainingInterrupted says what is saved
         print(f"\n{err}" if str(err) else "\ninterrupted", file=sys.stderr)
-        return 130
+        return 143 if terminated else 130
     except FloatingPointError as err:  # NonFiniteLossError: the run stopped, its checkpoint kept
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -306,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # the disk, not the user: no traceback either, but not a usage error
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

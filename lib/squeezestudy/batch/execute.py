@@ -34,6 +34,7 @@ from squeezestudy.batch.task import (
     RunTask,
 )
 from squeezestudy.core import fileio
+from squeezestudy.core.lock import LOCK
 
 ATTEMPTS = 2  # a run whose worker dies while running it is run once more
 REQUEUES = 5  # a run whose worker died before it started is submitted again, this many times at most
@@ -54,7 +55,7 @@ def _files_of(directory: Path, root: Path, weights: bool) -> dict[str, bytes]:
     if not directory.is_dir() or _relative(directory, root) is None:
         return {}
     return {_relative(p, root): p.read_bytes() for p in sorted(directory.rglob("*"))
-            if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+            if p.is_file() and p.name != LOCK and not (p.name.startswith(".") and p.name.endswith(".tmp"))
             and (weights or p.suffix != ".pt") and p.stat().st_size <= MAX_RETURNED_BYTES}
 
 
@@ -240,7 +241,10 @@ class _Batch:
         keeps its last checkpoint), take back what they hand back, kill what does not stop."""
         from squeezestudy.batch import task
 
-        previous = signal.signal(signal.SIGINT, lambda *_: self.echo("stopping the batch, please wait..."))
+        def patience(*_) -> None:  # a second Ctrl-C (or SIGTERM) while the batch stops in order
+            self.echo("stopping the batch, please wait...")
+
+        previous = {s: signal.signal(s, patience) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.echo("\ninterrupted: cancelling the queued runs, interrupting the running ones "
                       "(their last checkpoint is kept)")
@@ -276,7 +280,8 @@ class _Batch:
                 self.outcomes[run.name] = Outcome(run, "cancelled")
             self.waiting.clear()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     def finish_interrupted(self, future) -> None:
         run, _ = self.futures.pop(future)

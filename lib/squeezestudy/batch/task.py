@@ -239,7 +239,8 @@ def _write_inputs(root: Path, inputs: dict[str, bytes]) -> None:
 
 
 def _is_temporary(path: Path) -> bool:
-    return path.name.startswith(".") and path.name.endswith(".tmp")  # fileio's unfinished writes
+    """fileio's unfinished writes, and a run directory's lock (core.lock): never results."""
+    return (path.name.startswith(".") and path.name.endswith(".tmp")) or path.name == ".lock"
 
 
 def _snapshot(directory: Path) -> dict[Path, tuple[int, int]]:

@@ -8,35 +8,33 @@
    surviving weights' positions (relative indexing; a gap longer than the index width is bridged
    by a filler entry, as in the paper).
 
-`save` writes the study's own file format; `load` reads it back into a working model. Every
-weight tensor (convolution kernels; ndim > 1) is compressed; biases are stored as fp32.
+`save` writes the study's own file format (sqdc.py); `load` reads it back into a working model,
+checked against its record. Every weight tensor (convolution kernels; ndim > 1) is compressed;
+biases are stored as fp32.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from squeezestudy.compression import huffman
+from squeezestudy.compression.sqdc import (  # noqa: F401 (the format's names, also from here)
+    CompressedFileError,
+    expectation,
+    load,
+    save,
+)
 from squeezestudy.core import fileio
 from squeezestudy.data.fashion_mnist import Batches
 from squeezestudy.training.rundir import read_weights
-
-MAGIC = b"SQDC1\n"
-GAP_BITS = 8  # relative index width: gaps up to 255, longer ones bridged by fillers
-
-
-class CompressedFileError(ValueError):
-    """A Deep Compression file that cannot be read."""
 
 
 def weight_names(model: nn.Module) -> list[str]:
@@ -162,105 +160,10 @@ def retrain(model: nn.Module, batches: Batches, epochs: int, lr: float,
 
 # --- stage 3: the file ---------------------------------------------------------------------------
 
-def _gaps_with_fillers(mask: torch.Tensor, assign: torch.Tensor,
-                       filler: int) -> tuple[np.ndarray, np.ndarray]:
-    """Relative positions of the surviving weights, each gap < 2^GAP_BITS, and their cluster
-    indices; a longer gap gets filler entries (cluster index `filler`, a zero weight)."""
-    positions = np.flatnonzero(mask.flatten().numpy())
-    gaps, symbols, previous = [], [], -1
-    largest = 2**GAP_BITS - 1
-    for position, cluster in zip(positions.tolist(), assign.tolist(), strict=True):
-        gap = position - previous
-        while gap > largest:
-            gaps.append(largest)
-            symbols.append(filler)
-            gap -= largest
-        gaps.append(gap)
-        symbols.append(cluster)
-        previous = position
-    return np.array(gaps, dtype=np.int64), np.array(symbols, dtype=np.int64)
 
 
-def save(path: str | Path, model: nn.Module, shared: dict[str, SharedLayer], arch: dict) -> int:
-    """Write the compressed model; `arch` ({"model": name, "kwargs": {...}}) is what `load` builds.
-    Returns the file's size in bytes."""
-    header = {"arch": arch, "gap_bits": GAP_BITS, "layers": [], "biases": []}
-    payload = bytearray()
-    for name, layer in shared.items():
-        k = len(layer.centroids)
-        gaps, symbols = _gaps_with_fillers(layer.mask, layer.assign, filler=k)
-        index_lengths = huffman.code_lengths(symbols, k + 1)
-        gap_lengths = huffman.code_lengths(gaps, 2**GAP_BITS)
-        parts = [layer.centroids.detach().numpy().astype("<f4").tobytes(), index_lengths.tobytes(),
-                 gap_lengths.tobytes(), huffman.encode(symbols, index_lengths),
-                 huffman.encode(gaps, gap_lengths)]
-        header["layers"].append({"name": name, "shape": list(layer.mask.shape), "k": k,
-                                 "entries": len(symbols), "bytes": [len(p) for p in parts]})
-        for part in parts:
-            payload += part
-    tensors = dict(model.named_parameters())
-    for name, p in tensors.items():
-        if name not in shared:
-            data = p.detach().cpu().numpy().astype("<f4").tobytes()
-            header["biases"].append({"name": name, "shape": list(p.shape), "bytes": len(data)})
-            payload += data
-    head = json.dumps(header, separators=(",", ":")).encode()
-    fileio.write_bytes(path, MAGIC + struct.pack("<I", len(head)) + head + bytes(payload))
-    return Path(path).stat().st_size
 
 
-def load(path: str | Path, build: Callable[..., nn.Module] | None = None) -> nn.Module:
-    """The model stored at `path`, in eval mode, with its pruned and shared weights."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CompressedFileError(f"{path}: no such file; write it with deep_compression.save") from None
-    try:
-        if not raw.startswith(MAGIC):
-            raise ValueError("not a Deep Compression file (wrong magic)")
-        (size,) = struct.unpack_from("<I", raw, len(MAGIC))
-        start = len(MAGIC) + 4
-        header = json.loads(raw[start:start + size])
-        offset = start + size
-        if build is None:
-            from squeezestudy.models import build as build_model
-
-            build = build_model
-        model = build(header["arch"]["model"], **header["arch"]["kwargs"])
-        state = {}
-        for layer in header["layers"]:
-            parts = []
-            for n in layer["bytes"]:
-                if offset + n > len(raw):
-                    raise ValueError("file ends early (truncated)")
-                parts.append(raw[offset:offset + n])
-                offset += n
-            k = layer["k"]
-            centroids = np.frombuffer(parts[0], dtype="<f4")
-            index_lengths = np.frombuffer(parts[1], dtype=np.uint8)
-            gap_lengths = np.frombuffer(parts[2], dtype=np.uint8)
-            symbols = huffman.decode(parts[3], index_lengths, layer["entries"])
-            gaps = huffman.decode(parts[4], gap_lengths, layer["entries"])
-            weight = np.zeros(int(np.prod(layer["shape"])), dtype=np.float32)
-            positions = np.cumsum(gaps) - 1
-            real = symbols < k
-            weight[positions[real]] = centroids[symbols[real]]
-            state[layer["name"]] = torch.from_numpy(weight.reshape(layer["shape"]))
-        for bias in header["biases"]:
-            data = raw[offset:offset + bias["bytes"]]
-            if len(data) != bias["bytes"]:
-                raise ValueError("file ends early (truncated)")
-            offset += bias["bytes"]
-            values = np.frombuffer(data, dtype="<f4").copy()
-            state[bias["name"]] = torch.from_numpy(values).reshape(bias["shape"])
-        if offset != len(raw):
-            raise ValueError(f"{len(raw) - offset} bytes after the last tensor")
-        model.load_state_dict(state)
-    except (ValueError, KeyError, IndexError, struct.error, json.JSONDecodeError, RuntimeError) as err:
-        raise CompressedFileError(f"{path}: cannot read it as a Deep Compression file ({err}); "
-                                  "write it again with deep_compression.save") from None
-    return model.eval()
 
 
 def storage(shared: dict[str, SharedLayer], model: nn.Module) -> dict:
@@ -315,10 +218,11 @@ def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: f
     name = f"{Path(weights).stem.removesuffix('-fp32')}-dc-d{density:g}-{bits}bit"
     size = save(out_dir / f"{name}.sqdc", net, shared, {"model": model, "kwargs": kwargs})
     loaded = load(out_dir / f"{name}.sqdc")
+    digest = hashlib.sha256((out_dir / f"{name}.sqdc").read_bytes()).hexdigest()
     record = {"name": name, "source": str(weights), "model": model, "density": density, "bits": bits,
               "prune_epochs": prune_epochs, "share_epochs": share_epochs, "lr": lr, "seed": seed,
               "augment": augment, "label_smoothing": label_smoothing,
-              "file_bytes": size, "uncompressed": before,
+              "file_bytes": size, "file_sha256": digest, "uncompressed": before,
               "val_acc": evaluate(loaded, batches(dataset.val, False))[1],
               "test_acc": evaluate(loaded, batches(dataset.test, False))[1], **storage(shared, net)}
     fileio.write_text(out_dir / f"{name}.json", json.dumps(record, indent=2) + "\n")
@@ -366,8 +270,9 @@ def table2(label: str, fp32: nn.Module, fp32_bytes: int, chosen: pd.DataFrame, o
             (label, "int8 (post-training)", int8_bytes, int8_acc)]
     for bits, row in chosen.iterrows():
         path = Path(out_dir) / f"{row['name']}.sqdc"
+        model = load(path, expect=expectation(row.to_dict()))  # the file its record describes
         rows.append((label, f"Deep Compression, {bits}-bit, {row.density:.0%} kept", path.stat().st_size,
-                     evaluate(load(path), test)[1]))
+                     evaluate(model, test)[1]))
     table = pd.DataFrame(rows, columns=["model", "compression", "file_bytes", "test_acc"])
     table["x_smaller_than_alexnet"] = (alexnet_bytes / table.file_bytes).round(1)
     table["change_points"] = (100 * (table.test_acc - table.test_acc.iloc[1])).round(2)

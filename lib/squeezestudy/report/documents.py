@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from squeezestudy.analysis.results import collect_runs
-from squeezestudy.core.paths import README, RUNS_DIR, display_path
+from squeezestudy.core.paths import MANIFEST, README, REPO_ROOT, RUNS_DIR, display_path
 from squeezestudy.report.experiments import bypass_table, depth_table, note_table, pct_table, sr_table
 from squeezestudy.report.findings import claims_table, comparison_table, headline_table, search_table
 from squeezestudy.report.markdown import ReportError
@@ -23,6 +23,7 @@ from squeezestudy.report.records import (
     tuning_table,
     weights_table,
 )
+from squeezestudy.training import rundir
 
 MARKER = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
 
@@ -35,7 +36,48 @@ TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
 }
 
 
-def render(runs_dir: str | Path = RUNS_DIR) -> dict[str, str]:
+def expected_runs(manifest: str | Path = MANIFEST) -> list[str]:
+    """The runs the tables read: every training run of the manifest whose directory is in the
+    study's runs directory (outputs/runs), in manifest order."""
+    from squeezestudy.batch.manifest import check, load_manifest
+
+    study = RUNS_DIR.resolve()
+    return list(dict.fromkeys(run.run_dir.name for runs in check(load_manifest(manifest), REPO_ROOT).values()
+                              for run in runs if run.run_dir is not None and not run.always
+                              and run.run_dir.resolve().parent == study))
+
+
+def incomplete_runs(runs_dir: str | Path, names: list[str]) -> list[str]:
+    """Each of `names` that is not a consistent finished run in `runs_dir`, with why."""
+    problems = []
+    for name in names:
+        run_dir = Path(runs_dir) / name
+        if not (run_dir / rundir.METRICS).is_file():
+            state = "unfinished" if (run_dir / rundir.CHECKPOINT).is_file() else "missing"
+            problems.append(f"{name} ({state}: no {rundir.METRICS})")
+            continue
+        try:
+            problem = rundir.inconsistency(run_dir, rundir.read_metrics(run_dir / rundir.METRICS))
+        except (rundir.ResultFileError, KeyError) as err:
+            problem = str(err)
+        if problem:
+            problems.append(f"{name} (inconsistent: {problem})")
+    return problems
+
+
+def render(runs_dir: str | Path = RUNS_DIR, expected: list[str] | None = None) -> dict[str, str]:
+    """Every table, from the finished runs of `runs_dir`. Refuses (ReportError, naming each) when a
+    run the tables should read is missing, unfinished or inconsistent, rather than compute them
+    on fewer seeds; `expected` defaults to the manifest's runs for the study's runs directory."""
+    if expected is None and Path(runs_dir).resolve() == RUNS_DIR.resolve():
+        expected = expected_runs()
+    problems = incomplete_runs(runs_dir, expected or [])
+    if problems:
+        raise ReportError(f"{len(problems)} run(s) of {MANIFEST.name} are not finished runs in "
+                          f"{display_path(Path(runs_dir))}, so the tables would be computed on fewer "
+                          f"seeds: {'; '.join(problems)}. Finish them (`squeezestudy batch --profile "
+                          "PROFILE`; an unfinished run resumes), restore them from git (`git checkout -- "
+                          "outputs/runs`), or take them out of runs.yaml if they were dropped on purpose")
     runs = collect_runs(runs_dir)
     return {name: make(runs) for name, make in TABLES.items()}
 

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from squeezestudy.core import fileio
+from squeezestudy.core import fileio, lock
 from squeezestudy.core.paths import OUTPUTS, RUNS_DIR
 from squeezestudy.data import fashion_mnist as fmnist
 from squeezestudy.training import rundir
@@ -75,11 +75,15 @@ def unseal(names: list[str], dataset: fmnist.FashionMNIST | None = None, runs_di
         precision = metrics.get("precision", "fp32") if metrics.get("device", "cpu") == "cpu" else "fp32"
         test_loss, test_acc = evaluate(model, test, precision)
         predictions = predictions_npz(model, test, precision)
-        fileio.write_bytes(runs_dir / run / rundir.PREDICTIONS, predictions)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        metrics = {**metrics, "test_acc": test_acc, "test_loss": test_loss, "unsealed_at": stamp,
-                   "files": {**metrics["files"], rundir.PREDICTIONS: rundir.sha256_bytes(predictions)}}
-        fileio.write_text(runs_dir / run / rundir.METRICS, json.dumps(metrics, indent=2) + "\n")
+        with lock.holding(runs_dir / run, "unsealed", echo=echo):
+            if rundir.read_metrics(runs_dir / run / rundir.METRICS).get("unsealed_at"):
+                raise SealError(f"{run} was unsealed by another process meanwhile; the test split is "
+                                "opened once")
+            fileio.write_bytes(runs_dir / run / rundir.PREDICTIONS, predictions)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            metrics = {**metrics, "test_acc": test_acc, "test_loss": test_loss, "unsealed_at": stamp,
+                       "files": {**metrics["files"], rundir.PREDICTIONS: rundir.sha256_bytes(predictions)}}
+            fileio.write_text(runs_dir / run / rundir.METRICS, json.dumps(metrics, indent=2) + "\n")
         _append(Path(log), {"run": run, "unsealed_at": stamp, "val_acc": metrics["val_acc"],
                             "test_acc": test_acc, "test_loss": test_loss})
         echo(f"{run}: test {test_acc:.4f} (validation {metrics['val_acc']:.4f}), unsealed {stamp}")

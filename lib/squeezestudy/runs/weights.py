@@ -13,6 +13,7 @@ The model is built from the run's own config (outputs/runs/<run>/metrics.json). 
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -31,6 +32,41 @@ from squeezestudy.training.rundir import CHECKPOINT, read_metrics, read_weights
 
 class WeightsNotFoundError(FileNotFoundError):
     """No committed weight file for a run."""
+
+
+class WeightsFileError(ValueError):
+    """A weight file that is not the one exported for its run."""
+
+
+DIGESTS = "SHA256SUMS"  # beside the weight files: `sha256sum -c SHA256SUMS` checks them too
+
+
+def digests(weights_dir: str | Path = WEIGHTS_DIR) -> dict[str, str]:
+    """File name -> SHA-256 recorded when each weight file was exported ({} without a record)."""
+    sums = Path(weights_dir) / DIGESTS
+    if not sums.is_file():
+        return {}
+    return {name: digest for digest, name in (line.split(maxsplit=1) for line in sums.read_text().splitlines()
+                                              if line.strip())}
+
+
+def _record_digest(file: Path) -> None:
+    recorded = {**digests(file.parent), file.name: hashlib.sha256(file.read_bytes()).hexdigest()}
+    fileio.write_text(file.parent / DIGESTS, "".join(f"{d}  {n}\n" for n, d in sorted(recorded.items())))
+
+
+def _check_digest(file: Path, run: str) -> None:
+    recorded = digests(file.parent)
+    if not recorded:
+        return  # a folder of weights without a record (not the study's): nothing to check against
+    again = f"restore it from git (git checkout -- {file}) or export it again " \
+            f"(`python -m squeezestudy.runs.weights export {run}`)"
+    if file.name not in recorded:
+        raise WeightsFileError(f"{file}: not in {file.parent / DIGESTS}, the record of the exported "
+                               f"weights; {again}")
+    if hashlib.sha256(file.read_bytes()).hexdigest() != recorded[file.name]:
+        raise WeightsFileError(f"{file}: not the file that was exported (its SHA-256 differs from "
+                               f"{DIGESTS}): changed or damaged since; {again}")
 
 
 def path(run: str, weights_dir: str | Path = WEIGHTS_DIR) -> Path:
@@ -62,8 +98,15 @@ def load_model(run: str, device: str | torch.device = "cpu", weights_dir: str | 
     file = path(run, weights_dir)
     if not file.is_file():
         raise WeightsNotFoundError(_missing(run, weights_dir, runs_dir))
-    model = build_model(run_config(run, runs_dir))
-    model.load_state_dict(read_weights(file))  # a damaged file: an error naming it
+    _check_digest(file, run)
+    config = run_config(run, runs_dir)
+    model = build_model(config)
+    try:
+        model.load_state_dict(read_weights(file))  # a damaged file: an error naming it
+    except RuntimeError as err:  # weights of another architecture
+        raise WeightsFileError(f"{file}: its weights do not fit {run}'s {config.model} "
+                               f"({str(err).strip().splitlines()[0]}); it is another model's file: "
+                               f"export {run}'s weights again") from None
     return model.to(device).eval()
 
 
@@ -148,7 +191,9 @@ def export(run: str, runs_dir: str | Path = RUNS_DIR, weights_dir: str | Path = 
         raise WeightsNotFoundError(f"{checkpoint} not found: the run's checkpoint is needed to export "
                                    f"its weights (checkpoints are not committed)")
     model, _ = load_trained_model(checkpoint.parent)
-    return save_state_dict(model, path(run, weights_dir))
+    written = save_state_dict(model, path(run, weights_dir))
+    _record_digest(written)
+    return written
 
 
 def save_state_dict(model: nn.Module, file: str | Path) -> Path:

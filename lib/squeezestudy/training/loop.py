@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from squeezestudy import __version__
-from squeezestudy.core import fileio, paths
+from squeezestudy.core import fileio, lock, paths
 from squeezestudy.core.device import (
     device_label,
     device_name,
@@ -105,10 +105,20 @@ def fit(
     out_dir: where the checkpoint, history and metrics go (None: keep nothing on disk); checked
     before any work. resume: continue from out_dir's checkpoint (which must come from the same
     config). force: start over in an out_dir that already holds a run (finished or not);
-    without it that is an error, so nothing is overwritten by mistake.
+    without it that is an error, so nothing is overwritten by mistake. While it trains, the run
+    directory is locked: a second writer stops with RunLockedError (core.lock).
     """
-    device = pick_device(config.device)
     out_path = Path(out_dir) if out_dir is not None else None
+    if out_path is None:
+        return _fit(config, dataset, None, resume, quiet, data_dir, force)
+    paths.ensure_writable_dir(out_path, "run directory")
+    with lock.holding(out_path, "trained", echo=(lambda _: None) if quiet else print):
+        return _fit(config, dataset, out_path, resume, quiet, data_dir, force)
+
+
+def _fit(config: TrainConfig, dataset: fmnist.FashionMNIST | None, out_path: Path | None, resume: bool,
+         quiet: bool, data_dir: str | Path | None, force: bool) -> RunResult:
+    device = pick_device(config.device)
     state, old_files = _open_run_dir(out_path, config, resume, force, device) \
         if out_path is not None else (None, ())
     start_epoch = state["epoch"] if state else 0
@@ -301,11 +311,12 @@ def _save_checkpoint(run: _Training, history: list[dict], out_path: Path, stage:
     stage.phase = SAVING
     stage.replacing = file_identity(out_path / CHECKPOINT)
     epochs_done = history[-1]["epoch"]
-    fileio.torch_save({"config": run.config.to_dict(), "epoch": epochs_done, "history": history,
-                       "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                       "scheduler": run.scheduler.state_dict(),
-                       **({"ema": run.ema_model.state_dict()} if run.ema_model is not None else {})},
-                      out_path / CHECKPOINT)
+    state = {"config": run.config.to_dict(), "epoch": epochs_done, "history": history,
+             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+             "scheduler": run.scheduler.state_dict(),
+             **({"ema": run.ema_model.state_dict()} if run.ema_model is not None else {})}
+    state["digest"] = rundir.state_digest(state)  # checked when it is read back
+    fileio.torch_save(state, out_path / CHECKPOINT)
     stage.saved = epochs_done
     fileio.write_text(out_path / rundir.HISTORY, pd.DataFrame(history).to_csv(index=False))
 

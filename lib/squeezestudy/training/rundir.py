@@ -142,7 +142,36 @@ def read_checkpoint(path: str | Path, map_location="cpu", advice: str = RETRAIN)
                      "truncated or corrupt", advice) from None
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
         raise _fault(path, "is not a training checkpoint of this project", advice)
+    if "digest" in state and state_digest(state) != state["digest"]:  # (older checkpoints have none)
+        raise _fault(path, "does not hold what was saved (its checksum differs): damaged on disk", advice)
     return state
+
+
+def state_digest(state: dict) -> str:
+    """SHA-256 over a checkpoint's contents (every tensor's bytes, dtype and shape, and the plain
+    data), without its own "digest": saved in the checkpoint, checked when it is read back, so a
+    flipped bit inside a tensor, which torch.load does not notice, is found."""
+    import torch
+
+    digest = hashlib.sha256()
+
+    def feed(value, key: str) -> None:
+        digest.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            for k in sorted(value, key=str):
+                feed(value[k], f"{key}/{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                feed(v, f"{key}[{i}]")
+        else:
+            digest.update(repr(value).encode())
+
+    feed({k: v for k, v in state.items() if k != "digest"}, "")
+    return digest.hexdigest()
 
 
 def read_weights(path: str | Path, advice: str | None = None) -> dict:
