@@ -3,6 +3,7 @@ reported at once, before anything runs (the executor itself: tests/test_dask_*.p
 
 import ast
 import json
+import time
 
 import nbformat
 import pytest
@@ -184,6 +185,45 @@ def test_an_unreachable_scheduler_is_named(project, capsys, monkeypatch):
     assert "cannot reach tcp://127.0.0.1:9" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("content, message", [
+    ("", "cannot be read as the JSON that `dask scheduler --scheduler-file` writes"),
+    ("{garbage", "cannot be read as the JSON"),
+    ('{"type": "Scheduler"}', "holds no scheduler address"),
+])
+def test_an_unusable_scheduler_file_is_one_line_at_once(project, capsys, tmp_path, content, message):
+    """It gave distributed's traceback after 45 s."""
+    bad = tmp_path / "scheduler.json"
+    bad.write_text(content)
+    started = time.monotonic()
+    assert batch_cli(project, "--scheduler-file", str(bad)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and time.monotonic() - started < 10
+
+
+def test_an_address_that_is_not_a_scheduler_fails_within_its_bound(project, capsys, monkeypatch):
+    """A port that accepts connections but never speaks Dask's protocol hung the batch past 300 s."""
+    import socket
+    import threading
+
+    import squeezestudy.batch.cluster as batch_cluster
+
+    monkeypatch.setattr(batch_cluster, "CONNECT_TIMEOUT_S", 2)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    port = listener.getsockname()[1]
+    started = time.monotonic()
+    try:
+        assert batch_cli(project, "--scheduler", f"tcp://127.0.0.1:{port}") == 2
+    finally:
+        listener.close()
+    err = capsys.readouterr().err
+    assert f"cannot reach tcp://127.0.0.1:{port}" in err and "Traceback" not in err
+    assert time.monotonic() - started < 2 + 10 + 5  # CONNECT_TIMEOUT_S + the handshake's margin
+
+
 def test_the_real_manifest_checks():
     """Every profile of the study's own manifest: structure, parameters, no two runs writing
     the same notebook or run directory."""
@@ -273,3 +313,53 @@ def test_summary_counts_interrupted_and_cancelled_runs(tmp_path):
     assert "retried: its first worker died" in table
     assert table.splitlines()[-1] == ("1 ok, 0 skipped, 0 failed, 1 interrupted, 1 cancelled; "
                                       "1.5 min of run time")
+
+
+def test_a_cluster_left_without_workers_fails_what_is_left_within_its_bound(monkeypatch):
+    """SIGTERM to the whole `dask worker` left the batch silent for over 120 s."""
+    from squeezestudy.batch import execute
+    from squeezestudy.batch.manifest import Run
+
+    class NoWorkers:  # a scheduler that is up, with every worker gone
+        status = "running"
+        cancelled: list = []
+
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {}}
+
+        def cancel(self, futures, force=False):
+            self.cancelled += futures
+
+    said = []
+    batch = execute._Batch.__new__(execute._Batch)
+    batch.client, batch.echo, batch.outcomes = NoWorkers(), said.append, {}
+    runs = [Run(name=n, notebook=REPO_ROOT / "x.ipynb", output=REPO_ROOT / "x.ipynb")
+            for n in ("a", "b", "c")]
+    batch.futures, batch.waiting = {"future-a": (runs[0], 1), "future-b": (runs[1], 1)}, [runs[2]]
+    batch.unwatched_until, batch.alone_since = 0.0, None
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(execute.time, "monotonic", lambda: clock["now"])
+    batch.watch_the_cluster()  # the first look without a worker starts the clock
+    clock["now"] += execute.WORKER_LOST_S - 1
+    batch.watch_the_cluster()
+    assert batch.futures and not batch.outcomes
+    clock["now"] += 2
+    batch.watch_the_cluster()
+    assert not batch.futures and not batch.waiting
+    assert {n: (o.status, o.error) for n, o in batch.outcomes.items()} == {
+        n: ("failed", f"no worker left on the cluster for {execute.WORKER_LOST_S} s") for n in "abc"}
+    assert said and said[0].startswith(f"no worker left on the cluster for {execute.WORKER_LOST_S} s")
+    assert NoWorkers.cancelled == ["future-a", "future-b"]
+
+
+def test_a_relative_data_dir_reaches_the_kernels_absolute(monkeypatch, tmp_path):
+    """The kernels run in notebooks/: a relative $FASHION_MNIST_DIR failed every run that loads data."""
+    from squeezestudy.batch import runner
+    from squeezestudy.data.fashion_mnist import ENV_VAR
+
+    assert runner.DATA_ENV == ENV_VAR
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(ENV_VAR, "shared/fmnist")
+    assert runner.data_dir_env() == {ENV_VAR: str(tmp_path / "shared" / "fmnist")}
+    monkeypatch.delenv(ENV_VAR)
+    assert runner.data_dir_env() == {}

@@ -181,6 +181,47 @@ def test_the_grids_are_a_command_of_the_package(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="compresses a finished run: name it"):
         dc_grid.run_grid("long", None, jobs=1, out_dir=tmp_path, log_dir=tmp_path)
     assert cli.main(["deep-compression", "long"]) == 2  # a usage error, one line
+    # the 500x grid (issue 25): sealed, and one of its settings alone for the other seeds
+    calls.clear()
+    def fake_sealed(*args, **options):
+        calls.append((args[3], args[4], options["sealed"]))
+        return {"name": "x", "file_bytes": 1, "val_acc": 0.5}
+
+    monkeypatch.setattr(deep_compression, "compress_run", fake_sealed)
+    dc_grid.run_grid("500x", "headline-b96aug60-s1", jobs=1, out_dir=tmp_path, log_dir=tmp_path,
+                     echo=lambda *a: None, only=dc_grid.parse_setting("0.6,5"))
+    assert calls == [(0.6, 5, True)]
+    with pytest.raises(ValueError, match=r"--only 0.5,5 is not a setting of the '500x' grid: 0.6,5, 0.7,4"):
+        dc_grid.run_grid("500x", "headline-b96aug60-s1", jobs=1, only=(0.5, 5))
+    for bad in ("0.6", "six,5", "0,5", "0.6,9"):
+        with pytest.raises(ValueError, match="--only"):
+            dc_grid.parse_setting(bad)
+
+
+def test_a_sealed_compression_computes_no_test_accuracy(tmp_path, monkeypatch):
+    from squeezestudy.data import fashion_mnist as data
+    from squeezestudy.training import evaluate as evaluate_module
+
+    full = data.load()  # 200 validation images, 100 test images: the sizes tell them apart
+    small = data.FashionMNIST(full.train.subset(512), full.val.subset(200), full.test.subset(100), Path("."))
+    weights = tmp_path / "net.pt"
+    torch.manual_seed(0)
+    torch.save(build(ARCH["model"], **ARCH["kwargs"]).state_dict(), weights)
+    real, seen = evaluate_module.evaluate, []
+
+    def watching(model, batches, *args):
+        seen.append(len(batches.labels))
+        return real(model, batches, *args)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", watching)
+    record = dc.compress_run(weights, ARCH["model"], {}, 0.5, 5, tmp_path / "out", prune_epochs=1,
+                             share_epochs=1, dataset=small, log=lambda _: None, sealed=True)
+    assert record["sealed"] is True and record["test_acc"] is None
+    assert record["uncompressed"]["test_acc"] is None
+    assert seen == [200, 200]  # validation before and after: the test split never evaluated
+    assert dc.records(tmp_path / "out", "net", sealed=True).name.tolist() == ["net-dc-d0.5-5bit"]
+    with pytest.raises(FileNotFoundError):
+        dc.records(tmp_path / "out", "net")  # the first round's (unsealed) records: none here
 
 
 # --- every file read back is the one recorded (issue 24) -----------------------------------------

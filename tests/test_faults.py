@@ -286,6 +286,7 @@ def test_forced_retrain_that_fails_to_start_changes_nothing(run_copy, monkeypatc
 def test_fit_or_load_resumes_a_stale_mix_instead_of_reading_it(tiny, run_copy, monkeypatch):
     """What the old code left: a finished run's metrics.json beside a new, partial history."""
     state = torch.load(run_copy / rundir.CHECKPOINT, weights_only=True)
+    state.pop("digest")  # as the old code wrote it: without one
     partial = {**state, "epoch": 1, "history": state["history"][:1]}
     fileio.torch_save(partial, run_copy / rundir.CHECKPOINT)
     (run_copy / rundir.HISTORY).write_text(pd.DataFrame(partial["history"]).to_csv(index=False))
@@ -362,6 +363,7 @@ def test_damaged_checkpoint_on_the_command_line(run_copy, how, capsys, monkeypat
 def test_checkpoint_whose_weights_do_not_fit(tiny, run_copy):
     state = torch.load(run_copy / rundir.CHECKPOINT, weights_only=True)
     state["model"] = {k: v[:1] for k, v in state["model"].items()}
+    state["digest"] = rundir.state_digest(state)  # a consistent file, of another shape
     fileio.torch_save(state, run_copy / rundir.CHECKPOINT)
     with pytest.raises(rundir.ResultFileError, match="weights do not fit"):
         fit(TrainConfig(**FAST), tiny, out_dir=run_copy, quiet=True, resume=True)
@@ -738,15 +740,20 @@ def test_cli_non_finite_loss_exits_1_with_the_message(tiny, tmp_path, monkeypatc
 
 
 def test_cli_disk_failure_exits_1_and_keeps_the_previous_file(tiny, tmp_path, monkeypatch, capsys):
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    for failure in (OSError(28, "No space left on device"),  # and as torch reports it:
+                    RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs "
+                                 "5120\nframe #0: c10::ThrowEnforceNotMet(...)\nfile write failed")):
+        def full_disk(*args, error=failure, **kwargs):
+            raise error
 
-    monkeypatch.setattr(fileio, "torch_save", full_disk)
-    monkeypatch.setattr(data, "load", lambda *a, **k: tiny)
-    code, output = cli(capsys, "train", "--model", "lenet", "--batch-size", "100", "--device", "cpu",
-                       "--epochs", "1", "--quiet", "--out", str(tmp_path / "run"))
-    assert code == 1 and "error: [Errno 28] No space left on device" in output
-    assert "Traceback" not in output
+        monkeypatch.setattr(fileio, "torch_save", full_disk)
+        monkeypatch.setattr(data, "load", lambda *a, **k: tiny)
+        code, output = cli(capsys, "train", "--model", "lenet", "--batch-size", "100", "--device", "cpu",
+                           "--epochs", "1", "--quiet", "--force", "--out", str(tmp_path / "run"))
+        assert code == 1, output
+        assert f"error: {tmp_path / 'run' / 'checkpoint.pt'}: could not save epoch 1 (" in output
+        assert "is the disk full? no epoch is saved yet; free space, then continue with resume=True" in output
+        assert "Traceback" not in output and "frame #0" not in output
 
 
 # --- one writer per run directory; interrupts before a command starts (issue 24) ---------------

@@ -224,3 +224,48 @@ def test_batch_norm_models_train_on_whole_batches(cache):
         resolve_defaults(dataclasses.replace(config, micro_batch=64), CPU)
     assert resolve_defaults(dataclasses.replace(config, model_kwargs={}), CPU).micro_batch == 128
     assert has_batch_statistics(config) and not has_batch_statistics(TrainConfig(model="lenet"))
+
+
+# --- a cache that cannot be used is one line, never a traceback or a wrong setting (issue 24) ------
+
+@pytest.mark.parametrize("bad, reason", [
+    ({"threads": 0}, "threads 0 is not a whole number from 1 to the"),
+    ({"threads": 999}, "threads 999 is not a whole number from 1 to the"),
+    ({"micro_batch": "lots"}, "micro_batch 'lots' is not a whole number"),
+    ({"precision": "fp8"}, "precision 'fp8' is not fp32 or bf16"),
+    ({"channels_last": "yes"}, "channels_last 'yes' is not true or false"),
+])
+def test_an_unusable_cache_entry_is_ignored_with_one_line(cache, capsys, bad, reason):
+    config = TrainConfig(model="lenet")
+    good = dataclasses.asdict(settings.Choice("fp32", False, 64, 1))
+    key = settings.model_key(config.model, config.batch_size, config.resolved_image_size())
+    cache.write_text(json.dumps({settings.machine_key(CPU): {key: {"choice": {**good, **bad},
+                                                                    "default": good}}}))
+    assert resolve_defaults(config, CPU) == settings.static_choice("lenet", CPU)
+    err = capsys.readouterr().err
+    assert f"ignoring the tuning cache's entry for {key} ({reason}" in err and "squeezestudy tune" in err
+    from squeezestudy import cli
+
+    assert cli.main(["tune", "--show", "--models", "lenet"]) == 0
+    out = capsys.readouterr()
+    assert f"{key}: unusable ({reason}" in out.out and "Traceback" not in out.err
+
+
+def test_an_entry_of_the_wrong_type_is_ignored(cache, capsys):
+    key = settings.model_key("lenet", 256, 28)
+    cache.write_text(json.dumps({settings.machine_key(CPU): {key: "fast"}}))
+    assert resolve_defaults(TrainConfig(model="lenet"), CPU) == settings.static_choice("lenet", CPU)
+    assert "it is not a choice of precision" in capsys.readouterr().err
+
+
+def test_a_cache_that_cannot_be_written_stops_tuning_before_it_measures(tmp_path, monkeypatch, capsys):
+    """It measured for 40 s, then failed naming a temporary file, the results lost."""
+    from squeezestudy import cli
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")  # the cache's folder is a file: unwritable for root too
+    monkeypatch.setenv(settings.CACHE_ENV, str(blocker / "tuning.json"))
+    monkeypatch.setattr(tune, "tune", lambda *a, **k: pytest.fail("measured into a cache it cannot write"))
+    assert cli.main(["tune", "--models", "lenet"]) == 1
+    err = capsys.readouterr().err
+    assert f"the tuning cache {blocker / 'tuning.json'} cannot be written" in err and "Traceback" not in err

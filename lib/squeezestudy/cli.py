@@ -148,9 +148,9 @@ def _cmd_unseal(args) -> int:
 
 
 def _cmd_deep_compression(args) -> int:
-    from squeezestudy.compression.grid import run_grid
+    from squeezestudy.compression.grid import parse_setting, run_grid
 
-    run_grid(args.grid, args.run, jobs=args.jobs)
+    run_grid(args.grid, args.run, jobs=args.jobs, only=parse_setting(args.only) if args.only else None)
     return 0
 
 
@@ -176,6 +176,7 @@ def _cmd_tune(args) -> int:
             return 0
         args.models = models
     tuned = settings.read_cache().get(settings.machine_key(device), {})
+    tuned = tuned if isinstance(tuned, dict) else {}
     if args.if_untuned and all(any(key.startswith(f"{m} |") for key in tuned) for m in args.models):
         print(f"this machine is tuned already ({settings.machine_key(device)}); `squeezestudy tune` retunes")
         return 0
@@ -189,6 +190,7 @@ def _cmd_tune(args) -> int:
 
         for name in args.models:
             spec(name)  # an unknown name fails before any measuring
+        settings.check_cache_writable()  # and a cache it could not write, before 40 s of it
         entries = tune.tune(args.models, device, load(args.data_dir), args.seconds)
         print(f"\ncached in {display_path(settings.cache_path())}")
     if args.record:
@@ -197,6 +199,11 @@ def _cmd_tune(args) -> int:
         fileio.write_text(Path(args.record), json.dumps(
             {"machine": settings.machine_key(device), "entries": entries}, indent=1, sort_keys=True) + "\n")
     for key, entry in entries.items():
+        problem = settings.choice_problem(entry.get("choice") if isinstance(entry, dict) else entry) \
+            or (settings.choice_problem(entry.get("default")) and "its static default is unreadable")
+        if problem:
+            print(f"{key}: unusable ({problem}); `squeezestudy tune` measures it again")
+            continue
         chosen, default = settings.Choice(**entry["choice"]), settings.Choice(**entry["default"])
         # rates of different groups come from different rounds: only the choice is compared
         print(f"{key}: " + (f"the static default kept ({default.label()})" if chosen == default else
@@ -260,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("deep-compression", help="the Deep Compression grids of notebooks 11 and 12")
-    p.add_argument("grid", choices=["one-fire", "headline", "run", "long"])
-    p.add_argument("run", nargs="?", help="the finished run to compress (grids run and long)")
+    p.add_argument("grid", choices=["one-fire", "headline", "run", "long", "500x"])
+    p.add_argument("run", nargs="?", help="the finished run to compress (grids run, long and 500x)")
+    p.add_argument("--only", metavar="KEPT,BITS", help="one setting of the grid, e.g. 0.6,5")
     p.add_argument("--jobs", type=int, default=2, help="lanes of recipes at a time, one thread each")
     p.set_defaults(func=_cmd_deep_compression)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +47,52 @@ class ClusterTarget:
             raise ClusterError(f"--jobs must be at least 1, got {jobs}")
         if gpus is not None and (not gpus or not all(g.strip() for g in gpus)):
             raise ClusterError(f"--gpus needs GPU ids such as 0,1; got {','.join(gpus)!r}")
-        if scheduler_file is not None and not Path(scheduler_file).is_file():
-            raise ClusterError(f"scheduler file {scheduler_file} not found (dask scheduler "
-                               "--scheduler-file PATH writes it)")
+        if scheduler_file is not None:
+            _check_scheduler_file(Path(scheduler_file))
         return cls(jobs or 1, gpus, scheduler, scheduler_file)
 
     @property
     def local(self) -> bool:
         return self.scheduler is None and self.scheduler_file is None
+
+
+def _check_scheduler_file(path: Path) -> None:
+    """The JSON that `dask scheduler --scheduler-file PATH` writes, with the scheduler's address."""
+    if not path.is_file():
+        raise ClusterError(f"scheduler file {path} not found (dask scheduler --scheduler-file PATH "
+                           "writes it)")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ClusterError(f"scheduler file {path} cannot be read as the JSON that `dask scheduler "
+                           f"--scheduler-file` writes ({err}); point at that file") from None
+    if not isinstance(info, dict) or not isinstance(info.get("address"), str) or not info["address"]:
+        raise ClusterError(f"scheduler file {path} holds no scheduler address; point at the file that "
+                           "`dask scheduler --scheduler-file PATH` writes")
+
+
+def _client_within(deadline_s: float, **options):
+    """distributed.Client(**options), or ClusterError when it has not connected within the deadline:
+    an address that accepts connections but is not a Dask scheduler never answers its handshake,
+    and the client's own timeout does not cover that."""
+    from distributed import Client
+
+    box: dict = {}
+
+    def make() -> None:
+        try:
+            box["client"] = Client(**options)
+        except BaseException as err:  # handed to the caller
+            box["error"] = err
+
+    thread = threading.Thread(target=make, daemon=True, name="squeezestudy-connect")
+    thread.start()
+    thread.join(deadline_s)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer as a Dask scheduler within {deadline_s:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box["client"]
 
 
 def dashboard_link(client) -> str | None:
@@ -71,8 +111,6 @@ def _ignoring_sigint() -> Iterator[None]:
     """SIGINT ignored while a local cluster starts: its worker processes inherit that, so a
     Ctrl-C in the terminal reaches only this process, which then stops the batch in order.
     (Kernels start in their own sessions and never see the terminal's Ctrl-C.)"""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -124,9 +162,10 @@ def connect(target: ClusterTarget, root: Path, echo) -> Iterator:
         else:
             where = target.scheduler or f"the scheduler of {target.scheduler_file}"
             try:
-                client = Client(target.scheduler, scheduler_file=target.scheduler_file,
-                                timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
-            except (OSError, TimeoutError) as err:
+                client = _client_within(CONNECT_TIMEOUT_S + 10, address=target.scheduler,
+                                        scheduler_file=target.scheduler_file,
+                                        timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
+            except (OSError, TimeoutError, ValueError) as err:
                 raise ClusterError(f"cannot reach {where}: {err}. Is `dask scheduler` running "
                                    "there? (docs/batch.md, On a cluster)") from None
             try:

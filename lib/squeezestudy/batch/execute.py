@@ -40,6 +40,7 @@ ATTEMPTS = 2  # a run whose worker dies while running it is run once more
 REQUEUES = 5  # a run whose worker died before it started is submitted again, this many times at most
 STOP_GRACE_S = 30  # after Ctrl-C, how long interrupted runs get to hand back their notebook and files
 POLL_S = 0.25
+WORKER_LOST_S = 60  # a cluster without a worker (or a scheduler) this long: what is left fails
 
 
 def _relative(path: Path, root: Path) -> str | None:
@@ -89,6 +90,8 @@ class _Batch:
         for w in info:
             self.host_threads[w["host"]] = self.host_threads.get(w["host"], 0) + w["nthreads"]
         self.shared = target.local  # a local cluster works in this very checkout
+        self.unwatched_until = 0.0
+        self.alone_since: float | None = None  # when the cluster was last seen without a worker
 
     # --- submitting -------------------------------------------------------------------------
     def task(self, run: Run) -> RunTask:
@@ -227,6 +230,7 @@ class _Batch:
                     self.finish(future)
                 self.drain_events()  # after the ends: the runs that took their workers start after
                 self.submit_ready()
+                self.watch_the_cluster()
                 time.sleep(POLL_S)
             self.drain_events()
         except KeyboardInterrupt:
@@ -235,6 +239,37 @@ class _Batch:
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic(topic)
         return [self.outcomes[r.name] for r in self.todo]
+
+    def watch_the_cluster(self) -> None:
+        """Bound the wait on a cluster that can no longer run anything: no worker for
+        WORKER_LOST_S (every worker stopped or terminated), or no scheduler for as long. What is
+        left then fails with one line saying why; finished runs are kept."""
+        now = time.monotonic()
+        if now < self.unwatched_until:
+            return
+        self.unwatched_until = now + 1.0
+        try:
+            connected = self.client.status == "running"
+            workers = len(self.client.scheduler_info(n_workers=-1)["workers"]) if connected else 0
+        except Exception:
+            connected, workers = False, 0
+        if workers:
+            self.alone_since = None
+            return
+        self.alone_since = self.alone_since or now
+        if now - self.alone_since < WORKER_LOST_S:
+            return
+        why = (f"no worker left on the cluster for {WORKER_LOST_S} s" if connected
+               else f"lost the scheduler for {WORKER_LOST_S} s")
+        self.echo(f"{why}: the runs not finished fail; start workers and run the batch again "
+                  "(finished runs are kept, interrupted ones resume)")
+        pending = [run for run, _ in self.futures.values()] + self.waiting
+        with contextlib.suppress(Exception):
+            self.client.cancel(list(self.futures), force=True)
+        self.futures.clear()
+        self.waiting.clear()
+        for run in pending:
+            self.outcomes[run.name] = Outcome(run, "failed", error=why)
 
     def stop(self) -> None:
         """Ctrl-C: cancel what is queued, interrupt what runs (SIGINT to its kernel: training

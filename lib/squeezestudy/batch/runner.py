@@ -3,6 +3,7 @@ and summarise the outcomes."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from squeezestudy.batch import cluster, execute
@@ -16,6 +17,17 @@ class BatchInterrupted(KeyboardInterrupt):
     def __init__(self, outcomes: list[Outcome]):
         super().__init__("batch interrupted")
         self.outcomes = outcomes
+
+
+DATA_ENV = "FASHION_MNIST_DIR"  # data.fashion_mnist.ENV_VAR (not imported here: it loads torch)
+
+
+def data_dir_env() -> dict[str, str]:
+    """$FASHION_MNIST_DIR for the kernels, absolute: a relative one names a folder from this shell's
+    directory, and the kernels of a local cluster run in the notebooks' folder (a remote worker keeps
+    its own)."""
+    value = os.environ.get(DATA_ENV)
+    return {DATA_ENV: str(Path(value).expanduser().resolve())} if value else {}
 
 
 def run_batch(profile: str, only: list[str] | None = None, force: bool = False, jobs: int | None = None,
@@ -44,7 +56,8 @@ def run_batch(profile: str, only: list[str] | None = None, force: bool = False, 
             echo(f"would run {r.name}: {r.notebook.name} {r.parameters}")
         return skipped
     spec = manifest["profiles"][profile]
-    env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", **{k: str(v) for k, v in (spec.get("env") or {}).items()}}
+    env = {"PYDEVD_DISABLE_FILE_VALIDATION": "1", **(data_dir_env() if target.local else {}),
+           **{k: str(v) for k, v in (spec.get("env") or {}).items()}}
     executed = execute.execute(runs, todo, env, kernel, target, root, echo)
     by_name = {o.run.name: o for o in skipped + executed}
     outcomes = [by_name[r.name] for r in runs]

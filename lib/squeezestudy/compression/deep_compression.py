@@ -191,10 +191,11 @@ def compress(model: nn.Module, train: Batches, density: float, bits: int, prune_
 def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: float, bits: int,
                  out_dir: str | Path, prune_epochs: int = 2, share_epochs: int = 1, lr: float = 1e-4,
                  seed: int = 0, augment: bool = False, label_smoothing: float = 0.0, dataset=None,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, sealed: bool = False) -> dict:
     """Deep-compress a trained model's fp32 state dict (`weights`) and record, from the file read
     back: its size, and validation and test accuracy. Writes `<name>.sqdc` and `<name>.json`.
-    `augment` and `label_smoothing`: the retraining uses the model's own recipe's."""
+    `augment` and `label_smoothing`: the retraining uses the model's own recipe's. `sealed`: a
+    search run, chosen on validation: no test accuracy is computed (null in the record)."""
     from squeezestudy.data import fashion_mnist as fmnist
     from squeezestudy.models import build
     from squeezestudy.training.evaluate import evaluate
@@ -209,8 +210,10 @@ def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: f
     kwargs = {"num_classes": fmnist.NUM_CLASSES, "in_channels": 1, **model_kwargs}
     net = build(model, **kwargs)
     net.load_state_dict(read_weights(weights))  # a damaged file: an error naming it
-    before = {"val_acc": evaluate(net, batches(dataset.val, False))[1],
-              "test_acc": evaluate(net, batches(dataset.test, False))[1]}
+    def test_acc(model) -> float | None:
+        return None if sealed else evaluate(model, batches(dataset.test, False))[1]
+
+    before = {"val_acc": evaluate(net, batches(dataset.val, False))[1], "test_acc": test_acc(net)}
     shared = compress(net, batches(dataset.train, True), density, bits, prune_epochs, share_epochs, lr,
                       seed, label_smoothing, log)
     out_dir = Path(out_dir)
@@ -224,20 +227,22 @@ def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: f
               "augment": augment, "label_smoothing": label_smoothing,
               "file_bytes": size, "file_sha256": digest, "uncompressed": before,
               "val_acc": evaluate(loaded, batches(dataset.val, False))[1],
-              "test_acc": evaluate(loaded, batches(dataset.test, False))[1], **storage(shared, net)}
+              "test_acc": test_acc(loaded), "sealed": sealed, **storage(shared, net)}
     fileio.write_text(out_dir / f"{name}.json", json.dumps(record, indent=2) + "\n")
-    log(f"{name}: {size:,} bytes, val {record['val_acc']:.4f} (was {before['val_acc']:.4f}), "
-        f"test {record['test_acc']:.4f} (was {before['test_acc']:.4f})")
+    test = "test sealed" if sealed else f"test {record['test_acc']:.4f} (was {before['test_acc']:.4f})"
+    log(f"{name}: {size:,} bytes, val {record['val_acc']:.4f} (was {before['val_acc']:.4f}), {test}")
     return record
 
 
 MAX_VAL_DROP_POINTS = 0.5  # a recipe may cost at most this much validation accuracy
 
 
-def records(out_dir: str | Path, source: str) -> pd.DataFrame:
+def records(out_dir: str | Path, source: str, sealed: bool = False) -> pd.DataFrame:
     """The recipes tried on one model (`source`: the weights' stem, e.g. `headline-b96-s0`), one
-    row each, with the file size in KB and the validation change in points."""
-    found = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob(f"{source}-dc-*.json"))]
+    row each, with the file size in KB and the validation change in points. `sealed`: the sealed
+    search's records (no test accuracy) instead of the first round's."""
+    found = [r for r in (json.loads(p.read_text()) for p in sorted(Path(out_dir).glob(f"{source}-dc-*.json")))
+             if bool(r.get("sealed")) == sealed]
     if not found:
         raise FileNotFoundError(f"no Deep Compression record of {source} in {out_dir}; run "
                                 "`squeezestudy deep-compression` first")

@@ -316,7 +316,14 @@ def _save_checkpoint(run: _Training, history: list[dict], out_path: Path, stage:
              "scheduler": run.scheduler.state_dict(),
              **({"ema": run.ema_model.state_dict()} if run.ema_model is not None else {})}
     state["digest"] = rundir.state_digest(state)  # checked when it is read back
-    fileio.torch_save(state, out_path / CHECKPOINT)
+    try:
+        fileio.torch_save(state, out_path / CHECKPOINT)
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as a 30-line "enforce fail"
+        reason = (err.strerror if isinstance(err, OSError) and err.strerror
+                  else str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__)
+        kept = f"the checkpoint of epoch {stage.saved} is kept" if stage.saved else "no epoch is saved yet"
+        raise OSError(f"{out_path / CHECKPOINT}: could not save epoch {epochs_done} ({reason}): is the "
+                      f"disk full? {kept}; free space, then continue with {RESUME_HINT}") from None
     stage.saved = epochs_done
     fileio.write_text(out_path / rundir.HISTORY, pd.DataFrame(history).to_csv(index=False))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,21 @@ def cache_path() -> Path:
     return base / "squeezestudy" / "tuning.json"
 
 
+def check_cache_writable(path: Path | None = None) -> None:
+    """OSError naming the cache and what to do, when tuning could not write its results there
+    (checked before any measuring, so none is lost)."""
+    path = path or cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as err:
+        raise OSError(f"the tuning cache {path} cannot be written ({err.strerror or err}); set "
+                      f"${CACHE_ENV} to a file in a writable folder") from None
+
+
 def machine_key(device: torch.device) -> str:
     """What the machine is, as far as speed goes."""
     here = machine.current()
@@ -76,13 +93,41 @@ def read_cache(path: Path | None = None) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def choice_problem(choice: object) -> str | None:
+    """Why a cached choice cannot be used on this machine (None: it can): a hand-edited or
+    damaged cache, or one written for more threads than this machine has."""
+    if not isinstance(choice, dict) or any(k not in choice for k in SETTINGS):
+        return f"it is not a choice of {', '.join(SETTINGS)}"
+    threads, micro_batch = choice["threads"], choice["micro_batch"]
+    most = machine.current().threads
+    if choice["precision"] not in ("fp32", "bf16"):
+        return f"precision {choice['precision']!r} is not fp32 or bf16"
+    if not isinstance(choice["channels_last"], bool):
+        return f"channels_last {choice['channels_last']!r} is not true or false"
+    if not isinstance(micro_batch, int) or isinstance(micro_batch, bool) or micro_batch < 0:
+        return f"micro_batch {micro_batch!r} is not a whole number >= 0"
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= most:
+        return f"threads {threads!r} is not a whole number from 1 to the {most} this machine has"
+    return None
+
+
 def lookup(model: str, batch_size: int, image_size: int, device: torch.device,
-           path: Path | None = None) -> Choice | None:
-    entry = read_cache(path).get(machine_key(device), {}).get(model_key(model, batch_size, image_size))
-    try:
-        return Choice(**{k: entry["choice"][k] for k in SETTINGS}) if entry else None
-    except (KeyError, TypeError):
+           path: Path | None = None, warn=None) -> Choice | None:
+    """This machine's tuned choice for the model, None when it has none. An entry that cannot be
+    used is ignored with one line (`warn`, default stderr), never a traceback or a wrong setting."""
+    key = model_key(model, batch_size, image_size)
+    entries = read_cache(path).get(machine_key(device), {})
+    entry = entries.get(key) if isinstance(entries, dict) else None
+    if entry is None:
         return None
+    choice = entry.get("choice") if isinstance(entry, dict) else entry
+    problem = choice_problem(choice)
+    if problem:
+        (warn or (lambda m: print(m, file=sys.stderr)))(
+            f"ignoring the tuning cache's entry for {key} ({problem}); the static defaults are used: "
+            f"run `squeezestudy tune` to measure it again ({path or cache_path()})")
+        return None
+    return Choice(**{k: choice[k] for k in SETTINGS})
 
 
 def static_choice(model: str, device: torch.device) -> Choice:
