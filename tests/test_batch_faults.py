@@ -1,5 +1,5 @@
-"""Ctrl-C during a real batch: the queued runs cancelled, the running ones interrupted, the
-summary printed, exit 130, and no process of the batch left behind."""
+"""Ctrl-C (or SIGTERM) during a real batch: the queued runs cancelled, the running ones
+interrupted, the summary printed, exit 130 (143), and no process of the batch left behind."""
 
 import json
 import os
@@ -10,6 +10,7 @@ import sys
 import threading
 
 import psutil
+import pytest
 
 from squeezestudy.batch.manifest import check, load_manifest
 from squeezestudy.core.paths import REPO_ROOT
@@ -17,7 +18,11 @@ from squeezestudy.core.paths import REPO_ROOT
 from .conftest import default_sigint
 
 
-def test_ctrl_c_stops_the_smoke_batch_and_leaves_no_process():
+@pytest.mark.parametrize(("signum", "whole_group", "code"), [
+    (signal.SIGINT, True, 130),  # Ctrl-C in a terminal: the whole process group
+    (signal.SIGTERM, False, 143),  # `kill PID`, a job scheduler: the batch process alone
+], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_the_smoke_batch_and_leaves_no_process(signum, whole_group, code):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "lib"), "MPLBACKEND": "Agg"}
     proc = subprocess.Popen([sys.executable, "-m", "squeezestudy.cli", "batch", "--profile", "smoke",
                              "--jobs", "2", "--force"], cwd=REPO_ROOT, env=env, text=True,
@@ -39,8 +44,11 @@ def test_ctrl_c_stops_the_smoke_batch_and_leaves_no_process():
         batch = psutil.Process(proc.pid)
         descendants = batch.children(recursive=True)  # workers and their kernels
         assert any("ipykernel" in " ".join(p.cmdline()) for p in descendants if p.is_running())
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
-        assert proc.wait(timeout=180) == 130, "\n".join(lines)
+        if whole_group:
+            os.killpg(proc.pid, signum)
+        else:
+            os.kill(proc.pid, signum)
+        assert proc.wait(timeout=180) == code, "\n".join(lines)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

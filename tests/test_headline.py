@@ -112,3 +112,18 @@ def test_the_chosen_recipe_is_tested_against_every_other_recipe_with_seeds():
     assert [(c.label_a, c.label_b) for c in found] == [("chosen (regularised recipe)", "plain recipe")]
     assert found[0].n_a == 3 and found[0].n_b == 2 and found[0].diff == pytest.approx(0.005)
     assert headline.recipe_label(headline.REGULARISED_60_RUNS) == "60-epoch regularised recipe"
+
+
+def test_the_500x_search_takes_the_smallest_file_under_the_line_within_half_a_point():
+    import pandas as pd
+
+    records = pd.DataFrame({"name": ["a", "b", "c", "d"], "file_bytes": [200_354, 190_000, 185_000, 230_000],
+                            "val_change": [-0.58, -0.40, -0.70, -0.20]})
+    table, chosen, verdict = headline.file_search(records, 197_968)
+    assert chosen["name"] == "b" and "chosen on validation: b, 190,000 bytes (-0.40 points)" in verdict
+    assert table.under_line.tolist() == [False, True, True, False]
+    assert table.within_rule.tolist() == [False, True, False, True]
+    table, chosen, verdict = headline.file_search(records.drop(index=1), 197_968)
+    assert chosen is None and "500x is not reached" in verdict and "d, 230,000 bytes" in verdict
+    table, chosen, verdict = headline.file_search(records.assign(val_change=-1.0), 197_968)
+    assert chosen is None and "no setting is within 0.5 points" in verdict

@@ -164,3 +164,27 @@ def recipe_choice(trials: pd.DataFrame) -> str:
     margin = 100 * (best.val_acc - trials.val_acc.drop(best.name).max())
     return (f"validation prefers the {best.recipe} recipe by {margin:.2f} points (seed 0 of each: "
             "a choice of recipe, not a measured difference; its test accuracy played no part)")
+
+
+MAX_FILE_VAL_DROP = 0.5  # points of validation accuracy a compressed file may cost (the plan's rule)
+
+
+def file_search(records: pd.DataFrame, goal_bytes: float) -> tuple[pd.DataFrame, pd.Series | None, str]:
+    """The second round's 500x search on seed 0 (docs/headline-search.md), read from its sealed
+    records (deep_compression.records(..., sealed=True)): each setting flagged against the line and
+    the rule, the chosen one (the smallest file under the line within MAX_FILE_VAL_DROP points of
+    validation; None if none is) and the verdict in words."""
+    table = records.assign(under_line=records.file_bytes <= goal_bytes,
+                           within_rule=records.val_change >= -MAX_FILE_VAL_DROP)
+    qualifying = table[table.under_line & table.within_rule]
+    if qualifying.empty:
+        within = table[table.within_rule]
+        smallest = within.loc[within.file_bytes.idxmin()] if not within.empty else None
+        best = (f"; no setting is within {MAX_FILE_VAL_DROP} points" if smallest is None else
+                f"; the smallest file within {MAX_FILE_VAL_DROP} points is {smallest['name']}, "
+                f"{smallest.file_bytes:,} bytes")
+        return table, None, (f"no setting of {len(table)} is both under {goal_bytes:,.0f} bytes and within "
+                             f"{MAX_FILE_VAL_DROP} points of validation accuracy: 500x is not reached{best}")
+    chosen = qualifying.loc[qualifying.file_bytes.idxmin()]
+    return table, chosen, (f"chosen on validation: {chosen['name']}, {chosen.file_bytes:,} bytes "
+                           f"({chosen.val_change:+.2f} points); its seeds 1 and 2 follow (stage B)")
