@@ -124,6 +124,6 @@ def test_the_500x_search_takes_the_smallest_file_under_the_line_within_half_a_po
     assert table.under_line.tolist() == [False, True, True, False]
     assert table.within_rule.tolist() == [False, True, False, True]
     table, chosen, verdict = headline.file_search(records.drop(index=1), 197_968)
-    assert chosen is None and "500x is not reached" in verdict and "d, 230,000 bytes" in verdict
+    assert chosen is None and "500x is not reached" in verdict and "d, 230,000 bytes (430x, -0.20" in verdict
     table, chosen, verdict = headline.file_search(records.assign(val_change=-1.0), 197_968)
     assert chosen is None and "no setting is within 0.5 points" in verdict

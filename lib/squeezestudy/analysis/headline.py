@@ -4,6 +4,7 @@ study as one point (parameters, fp32 file size, test accuracy over seeds), and t
 
 from __future__ import annotations
 
+import math
 import re
 
 import pandas as pd
@@ -174,7 +175,7 @@ def file_search(records: pd.DataFrame, goal_bytes: float) -> tuple[pd.DataFrame,
     records (deep_compression.records(..., sealed=True)): each setting flagged against the line and
     the rule, the chosen one (the smallest file under the line within MAX_FILE_VAL_DROP points of
     validation; None if none is) and the verdict in words."""
-    table = records.assign(under_line=records.file_bytes <= goal_bytes,
+    table = records.assign(under_line=records.file_bytes <= math.floor(goal_bytes),
                            within_rule=records.val_change >= -MAX_FILE_VAL_DROP)
     qualifying = table[table.under_line & table.within_rule]
     if qualifying.empty:
@@ -182,9 +183,11 @@ def file_search(records: pd.DataFrame, goal_bytes: float) -> tuple[pd.DataFrame,
         smallest = within.loc[within.file_bytes.idxmin()] if not within.empty else None
         best = (f"; no setting is within {MAX_FILE_VAL_DROP} points" if smallest is None else
                 f"; the smallest file within {MAX_FILE_VAL_DROP} points is {smallest['name']}, "
-                f"{smallest.file_bytes:,} bytes")
-        return table, None, (f"no setting of {len(table)} is both under {goal_bytes:,.0f} bytes and within "
-                             f"{MAX_FILE_VAL_DROP} points of validation accuracy: 500x is not reached{best}")
+                f"{smallest.file_bytes:,} bytes ({FILE_RATIO * goal_bytes / smallest.file_bytes:.0f}x, "
+                f"{smallest.val_change:+.2f} points)")
+        return table, None, (f"no setting of {len(table)} is both at most {math.floor(goal_bytes):,} bytes "
+                             f"and within {MAX_FILE_VAL_DROP} points of validation accuracy: "
+                             f"{FILE_RATIO}x is not reached{best}")
     chosen = qualifying.loc[qualifying.file_bytes.idxmin()]
     return table, chosen, (f"chosen on validation: {chosen['name']}, {chosen.file_bytes:,} bytes "
                            f"({chosen.val_change:+.2f} points); its seeds 1 and 2 follow (stage B)")

@@ -18,6 +18,7 @@ from squeezestudy.report.findings import claims_table, comparison_table, headlin
 from squeezestudy.report.markdown import ReportError
 from squeezestudy.report.records import (
     deep_compression_table,
+    file_search_table,
     headline_compression_table,
     speed_table,
     tuning_table,
@@ -33,6 +34,7 @@ TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "depth": depth_table, "comparisons": comparison_table, "deep_compression": deep_compression_table,
     "headline": headline_table, "headline_compression": headline_compression_table,
     "tuning": tuning_table, "speed": speed_table, "weights": weights_table, "search": search_table,
+    "file_search": file_search_table,
 }
 
 

@@ -23,6 +23,30 @@ DEEP_COMPRESSION_TABLE = OUTPUTS / "deep_compression" / "table2.csv"
 HEADLINE_COMPRESSION_TABLE = OUTPUTS / "deep_compression" / "table2_headline.csv"
 
 
+FILE_SEARCH_SOURCE = "headline-b96aug60-s0"  # the weights the second round's 500x search compressed
+
+
+def file_search_table(runs: pd.DataFrame) -> str:
+    """The second round's 500x search (sealed, validation only), from its records."""
+    from squeezestudy.compression import deep_compression
+
+    try:
+        records = deep_compression.records(OUTPUTS / "deep_compression", FILE_SEARCH_SOURCE, sealed=True)
+    except FileNotFoundError as err:
+        raise ReportError(f"{err}: run `squeezestudy deep-compression 500x {FILE_SEARCH_SOURCE}`") from None
+    alexnet_bytes = pd.read_csv(HEADLINE_COMPRESSION_TABLE).file_bytes.iloc[0]
+    table, _, _ = headline.file_search(records, alexnet_bytes / headline.FILE_RATIO)
+    rows = [{"setting": f"{r.bits}-bit, {r.density:.0%} kept",
+             "file": f"{r.file_bytes:,} bytes",
+             "x smaller than AlexNet-112": f"{alexnet_bytes / r.file_bytes:.0f}x",
+             "validation change, points": f"{r.val_change:+.2f}",
+             "under the line": "yes" if r.under_line else "no",
+             f"within {headline.MAX_FILE_VAL_DROP} points": "yes" if r.within_rule else "no",
+             "test": "sealed" if pd.isna(r.test_acc) else f"{100 * r.test_acc:.2f}"}
+            for r in table.sort_values(["bits", "density"], ascending=[False, False]).itertuples()]
+    return markdown_table(pd.DataFrame(rows), "lrrrlll")
+
+
 def deep_compression_table(runs: pd.DataFrame, table: Path = DEEP_COMPRESSION_TABLE,
                            notebook: str = "11_deep_compression") -> str:
     """The paper's Table 2 at this scale, as notebook 11 (or 12) measured it (file sizes on disk,
