@@ -305,10 +305,6 @@ class Terminated(KeyboardInterrupt):
     its last checkpoint and says so, and a batch interrupts its kernels and prints its summary."""
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated("terminated (SIGTERM)")
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command line. Exit codes: 0 done, 1 a failure (a run that failed, the disk), 2 bad
     input (one line saying what to do), 130 Ctrl-C, 143 SIGTERM."""
@@ -317,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_sigterm(signum, frame) -> None:
         nonlocal terminated
         terminated = True
-        _terminate(signum, frame)
+        raise Terminated("terminated (SIGTERM)")
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:

@@ -32,9 +32,9 @@ from squeezestudy.batch.task import (
     MAX_RETURNED_BYTES,
     RunResult,
     RunTask,
+    is_scratch,
 )
 from squeezestudy.core import fileio
-from squeezestudy.core.lock import LOCK
 
 ATTEMPTS = 2  # a run whose worker dies while running it is run once more
 REQUEUES = 5  # a run whose worker died before it started is submitted again, this many times at most
@@ -56,7 +56,7 @@ def _files_of(directory: Path, root: Path, weights: bool) -> dict[str, bytes]:
     if not directory.is_dir() or _relative(directory, root) is None:
         return {}
     return {_relative(p, root): p.read_bytes() for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != LOCK and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+            if p.is_file() and not is_scratch(p)
             and (weights or p.suffix != ".pt") and p.stat().st_size <= MAX_RETURNED_BYTES}
 
 

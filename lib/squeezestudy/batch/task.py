@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from squeezestudy.core import paths
+from squeezestudy.core.lock import LOCK
 
 ROOT_ENV = "SQUEEZESTUDY_BATCH_ROOT"
 # Result files larger than this stay on the worker (a large model's checkpoint): they would
@@ -238,9 +239,9 @@ def _write_inputs(root: Path, inputs: dict[str, bytes]) -> None:
         fileio.write_bytes(path, content)
 
 
-def _is_temporary(path: Path) -> bool:
+def is_scratch(path: Path) -> bool:
     """fileio's unfinished writes, and a run directory's lock (core.lock): never results."""
-    return (path.name.startswith(".") and path.name.endswith(".tmp")) or path.name == ".lock"
+    return (path.name.startswith(".") and path.name.endswith(".tmp")) or path.name == LOCK
 
 
 def _snapshot(directory: Path) -> dict[Path, tuple[int, int]]:
@@ -249,7 +250,7 @@ def _snapshot(directory: Path) -> dict[Path, tuple[int, int]]:
     stamps = {}
     for path in directory.rglob("*"):
         with contextlib.suppress(FileNotFoundError):  # replaced meanwhile: its new copy is seen
-            if path.is_file() and not _is_temporary(path):
+            if path.is_file() and not is_scratch(path):
                 st = path.stat()
                 stamps[path] = (st.st_mtime_ns, st.st_size)
     return stamps
@@ -261,7 +262,7 @@ def _collect(root: Path, task: RunTask, before: dict[Path, tuple[int, int]]
     outputs/ it created or changed, less those other runs may be writing meanwhile."""
     if task.run_dir is not None:
         run_dir = root / task.run_dir
-        candidates = [p for p in run_dir.rglob("*") if p.is_file() and not _is_temporary(p)] \
+        candidates = [p for p in run_dir.rglob("*") if p.is_file() and not is_scratch(p)] \
             if run_dir.is_dir() else []
     else:
         after = _snapshot(root / "outputs")
