@@ -112,7 +112,7 @@ def fit(
     if out_path is None:
         return _fit(config, dataset, None, resume, quiet, data_dir, force)
     paths.ensure_writable_dir(out_path, "run directory")
-    with lock.holding(out_path, "trained", echo=(lambda _: None) if quiet else print):
+    with lock.holding(out_path, "trained", echo=lambda line: print(line, file=sys.stderr)):
         return _fit(config, dataset, out_path, resume, quiet, data_dir, force)
 
 
