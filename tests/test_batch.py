@@ -20,6 +20,7 @@ from squeezestudy.batch.manifest import (
 )
 from squeezestudy.batch.runner import summary_table
 from squeezestudy.cli import main
+from squeezestudy.core.lock import RunLockedError
 from squeezestudy.core.paths import MANIFEST, REPO_ROOT, SMOKE_ENV
 
 
@@ -363,3 +364,37 @@ def test_a_relative_data_dir_reaches_the_kernels_absolute(monkeypatch, tmp_path)
     assert runner.data_dir_env() == {ENV_VAR: str(tmp_path / "shared" / "fmnist")}
     monkeypatch.delenv(ENV_VAR)
     assert runner.data_dir_env() == {}
+
+
+def test_results_brought_back_are_written_under_the_run_directorys_lock(tmp_path):
+    """A remote worker's run directory, written here by the client: not while another process
+    holds it (a run training into it, another batch writing it)."""
+    import subprocess
+    import sys
+
+    from squeezestudy.batch import execute
+    from squeezestudy.batch.manifest import Run
+    from squeezestudy.batch.task import RunResult
+
+    run_dir = tmp_path / "outputs" / "runs" / "t-0"
+    run = Run(name="t-0", notebook=tmp_path / "n.ipynb", output=tmp_path / "out" / "t-0.ipynb",
+              run_dir=run_dir)
+    batch = execute._Batch.__new__(execute._Batch)
+    batch.root, batch.shared, batch.written, batch.notes, batch.echo = tmp_path, False, {}, {}, print
+    result = RunResult("ok", files={"outputs/runs/t-0/metrics.json": (b"{}", 1)}, host="remote")
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from squeezestudy.core.lock import holding\n"
+        f"with holding({str(run_dir)!r}):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True, env={**__import__("os").environ,
+                                                 "PYTHONPATH": str(REPO_ROOT / "lib")})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"being trained by process {holder.pid}"):
+            batch.store(run, result)
+        assert not (run_dir / "metrics.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    batch.store(run, result)  # the holder is gone: its stale lock is taken over, the files written
+    assert (run_dir / "metrics.json").read_bytes() == b"{}" and not (run_dir / ".lock").exists()

@@ -34,7 +34,7 @@ from squeezestudy.batch.task import (
     RunTask,
     is_scratch,
 )
-from squeezestudy.core import fileio
+from squeezestudy.core import fileio, lock
 
 ATTEMPTS = 2  # a run whose worker dies while running it is run once more
 REQUEUES = 5  # a run whose worker died before it started is submitted again, this many times at most
@@ -142,18 +142,23 @@ class _Batch:
                 _with_local_paths(result.notebook, run, self.root).decode("utf-8"))
             if not notebook_format.same_but_timings(run.output, executed):  # else: as committed
                 fileio.write_text(run.output, executed)
-        for relative, (content, mtime_ns) in result.files.items():
-            path = (self.root / relative).resolve()
-            if self.root.resolve() not in path.parents:
-                continue  # never outside the project
-            previous = self.written.get(path)
-            if previous is not None and previous[0] == result.host and previous[1] >= mtime_ns:
-                continue
-            self.written[path] = (result.host, mtime_ns)
-            if path.is_file() and path.stat().st_size == len(content) and path.read_bytes() == content:
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fileio.write_bytes(path, content)
+        # a run directory brought back from another machine is written under its lock: a run
+        # training into it here, or another batch writing it, stops this one (core.lock)
+        writing = lock.holding(run.run_dir, "written by a batch", echo=self.echo) \
+            if run.run_dir is not None and result.files and not self.shared else contextlib.nullcontext()
+        with writing:
+            for relative, (content, mtime_ns) in result.files.items():
+                path = (self.root / relative).resolve()
+                if self.root.resolve() not in path.parents:
+                    continue  # never outside the project
+                previous = self.written.get(path)
+                if previous is not None and previous[0] == result.host and previous[1] >= mtime_ns:
+                    continue
+                self.written[path] = (result.host, mtime_ns)
+                if path.is_file() and path.stat().st_size == len(content) and path.read_bytes() == content:
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fileio.write_bytes(path, content)
         if result.left_on_worker:
             self.notes[run.name] = f"left on {result.host}: {', '.join(result.left_on_worker)}"
 
@@ -173,7 +178,7 @@ class _Batch:
         else:
             try:
                 self.store(run, result)
-            except OSError as err:
+            except (OSError, lock.RunLockedError) as err:
                 result.status, result.error = "failed", f"could not write its results here: {err}"
             outcome = Outcome(run, result.status, result.seconds, result.error)
         outcome.note = self.notes.get(run.name, "")
