@@ -33,6 +33,7 @@ from squeezestudy.compression.sqdc import (  # noqa: F401 (the format's names, a
     save,
 )
 from squeezestudy.core import fileio
+from squeezestudy.core.paths import display_path
 from squeezestudy.data.fashion_mnist import Batches
 from squeezestudy.training.rundir import read_weights
 
@@ -222,7 +223,7 @@ def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: f
     size = save(out_dir / f"{name}.sqdc", net, shared, {"model": model, "kwargs": kwargs})
     loaded = load(out_dir / f"{name}.sqdc")
     digest = hashlib.sha256((out_dir / f"{name}.sqdc").read_bytes()).hexdigest()
-    record = {"name": name, "source": str(weights), "model": model, "density": density, "bits": bits,
+    record = {"name": name, "source": display_path(weights), "model": model, "density": density, "bits": bits,
               "prune_epochs": prune_epochs, "share_epochs": share_epochs, "lr": lr, "seed": seed,
               "augment": augment, "label_smoothing": label_smoothing,
               "file_bytes": size, "file_sha256": digest, "uncompressed": before,
