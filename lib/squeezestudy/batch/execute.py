@@ -144,9 +144,11 @@ class _Batch:
                 fileio.write_text(run.output, executed)
         # a run directory brought back from another machine is written under its lock: a run
         # training into it here, or another batch writing it, stops this one (core.lock)
-        writing = lock.holding(run.run_dir, "written by a batch", echo=self.echo) \
-            if run.run_dir is not None and result.files and not self.shared else contextlib.nullcontext()
-        with writing:
+        writing = run.run_dir is not None and result.files and not self.shared
+        if writing:
+            run.run_dir.mkdir(parents=True, exist_ok=True)  # new here: the run trained elsewhere
+        with lock.holding(run.run_dir, "written by a batch", echo=self.echo) if writing \
+                else contextlib.nullcontext():
             for relative, (content, mtime_ns) in result.files.items():
                 path = (self.root / relative).resolve()
                 if self.root.resolve() not in path.parents:
