@@ -168,7 +168,7 @@ def _cmd_tune(args) -> int:
 
     device = pick_device(args.device)
     if args.if_training:  # `make study`: tune only what is about to train
-        from squeezestudy.batch.runner import pending_training
+        from squeezestudy.batch.manifest import pending_training
 
         models = sorted({str(r.parameters.get("model")) for r in pending_training(args.if_training)})
         if not models:
