@@ -1,4 +1,4 @@
-"""What a Dask worker does for one batch run (the client side is `batch_cluster`).
+"""What a Dask worker does for one batch run (the client side is `batch.execute`).
 
 A worker executes the run's notebook with papermill in its own checkout of the project
 (the root of the installed `squeezestudy`, or $SQUEEZESTUDY_BATCH_ROOT), with the run's
