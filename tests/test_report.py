@@ -64,51 +64,60 @@ def test_comparison_rows_follow_their_interval(tmp_path):
         findings.comparisons(collect_runs(runs), [("8", r"depth-fire8-s\d+", "1", r"lenet-s\d+")])
 
 
-def test_tuning_table_compares_only_settings_timed_together(tmp_path, monkeypatch):
-    default = {"precision": "fp32", "channels_last": True, "micro_batch": 0, "threads": 2}
-    layout = {**default, "channels_last": False}
+def test_tuning_table_shows_each_kind_its_choice_and_what_was_not_cached(tmp_path, monkeypatch):
+    default = {"precision": "bf16", "channels_last": True, "micro_batch": 0, "threads": 2}
     micro = {**default, "micro_batch": 128}
-    groups = [{"axis": "channels_last", "current": default,
+    groups = [{"axis": "micro_batch", "current": default,
                "rates": [{**default, "images_per_s": 100.0, "rounds": [99.0, 100.0, 101.0]},
-                         {**layout, "images_per_s": 80.0, "rounds": [79.0, 80.0, 81.0]}]},
-              {"axis": "micro_batch", "current": default,  # timed later, in other rounds
-               "rates": [{**default, "images_per_s": 50.0, "rounds": [40.0, 50.0, 60.0]},
-                         {**micro, "images_per_s": 51.0, "rounds": [45.0, 51.0, 55.0]}]}]
-    entry = {"choice": default, "default": default, "images_per_s": 50.0, "default_images_per_s": 100.0,
-             "rule": "every round faster", "groups": groups}
-    record = tmp_path / "tuning.json"
-    record.write_text(json.dumps({"machine": "cpu | test", "entries": {"lenet | batch 256 | 28x28": entry}}))
-    monkeypatch.setattr(record_tables, "TUNING_RECORD", record)
+                         {**micro, "images_per_s": 120.0, "rounds": [119.0, 120.0, 121.0]}]},
+              {"axis": "confirm", "current": micro,
+               "rates": [{**default, "images_per_s": 100.0, "rounds": [99.0, 100.0, 101.0]},
+                         {**micro, "images_per_s": 115.0, "rounds": [114.0, 115.0, 116.0]}]}]
+    entry = {"choice": micro, "default": default, "images_per_s": 115.0, "default_images_per_s": 100.0,
+             "speedup": 1.15, "groups": groups, "quiet": True}
+    (tmp_path / "amx").mkdir()
+    (tmp_path / "amx" / "tuning.json").write_text(json.dumps({
+        "machine": "cpu | test", "entries": {"lenet | batch 256 | 28x28": entry},
+        "lines": ["tuning on cpu | test", "alexnet: not cached: the default's rounds spread 40%"]}))
+    monkeypatch.setattr(record_tables, "BENCHMARKS", tmp_path)
     table = report.tuning_table(None)
-    assert "Measured on `cpu | test`; medians of 3 interleaved rounds" in table
-    # micro-batch 128 gained 2% in its own rounds; against the default's first rounds it would be 0.51x
-    assert ("| lenet, batch 256, 28x28 | fp32, channels_last on, micro-batch off, 2 threads | "
-            "the static default | micro_batch: fp32, channels_last on, micro-batch 128, 2 threads "
-            "(1.02x) | 4 |") in table
+    assert ("| amx | lenet, batch 256, 28x28 | bf16, channels_last on, micro-batch off, 2 threads | "
+            "bf16, channels_last on, micro-batch 128, 2 threads | 1.15x | 4 |") in table
+    assert "| amx | alexnet: not cached: the default's rounds spread 40% |  | not cached |" in table
 
 
-def test_speed_table_reads_the_benchmark_and_its_verdicts(tmp_path, monkeypatch):
+def benchmark(model="lenet", default_rounds=(3000.0, 3600.0, 3900.0), naive_rounds=(1000.0,) * 3):
     settings = {"precision": "fp32", "channels_last": True, "batch_size": 256, "micro_batch": 128,
                 "compile": False, "threads": 2}
-    records = [{"model": "lenet", "pipeline": "naive", "precision": "fp32", "label": "torchvision DataLoader",
-                "images_per_s": 1000.0, "ratio_vs_naive": 1.0, "fraction_of_peak": 0.05, "settings": {}},
-               {"model": "lenet", "pipeline": "project", "precision": "fp32", "label": "default",
-                "images_per_s": 3600.0, "ratio_vs_naive": 3.6, "fraction_of_peak": 0.2, "settings": settings,
-                "repeats": [3000.0, 3600.0, 3900.0]}]
-    records.append({"model": "lenet", "pipeline": "project", "precision": "fp32", "label": "micro-batch off",
-                    "images_per_s": 4000.0, "ratio_vs_naive": 4.0, "fraction_of_peak": 0.22,
-                    "settings": {**settings, "micro_batch": 0}, "repeats": [3950.0, 4000.0, 4100.0]})
-    record = tmp_path / "throughput.json"
-    record.write_text(json.dumps({"meta": {"machine": "cpu | test", "device_name": "cpu", "repeats": 3,
-                                           "peak_gflops": {"fp32": 115.2}},
-                                  "records": records}))
-    monkeypatch.setattr(record_tables, "THROUGHPUT_RECORD", record)
+
+    def record(label, rounds, pipeline="project", **changes):
+        return {"model": model, "pipeline": pipeline, "precision": "fp32", "label": label,
+                "images_per_s": sorted(rounds)[1], "ratio_vs_naive": sorted(rounds)[1] / 1000,
+                "fraction_of_peak": 0.2, "fraction_of_theoretical": 0.1, "train_gflop_per_image": 0.001,
+                "settings": {**settings, **changes}, "repeats": list(rounds),
+                "ratio_rounds": [d / n for d, n in zip(rounds, naive_rounds, strict=True)]}
+
+    records = [record("torchvision DataLoader", naive_rounds, "naive"), record("default", default_rounds),
+               record("micro-batch off", (3950.0, 4000.0, 4100.0), micro_batch=0)]
+    peaks = [{"precision": "fp32", "threads": 2, "gflops": 100.0, "shape": "matmul 1024",
+              "theoretical_gflops": 200.0, "theoretical": "200 GFLOP/s"}]
+    return {"meta": {"repeats": 3, "peaks": peaks}, "records": records}
+
+
+def test_speed_table_reads_each_kinds_benchmark_and_its_verdicts(tmp_path, monkeypatch):
+    for kind in ("avx2", "archive"):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / "throughput.json").write_text(json.dumps(benchmark()))
+    monkeypatch.setattr(record_tables, "BENCHMARKS", tmp_path)
     table = report.speed_table(None)
-    assert "fp32 matrix-product peak 115 GFLOP/s" in table and "median of 3 rounds" in table
-    assert ("| lenet (256) | 1,000 | 3,600 | 3,000-3,900 | 3.60 | 20 | fp32, channels_last on, "
-            "micro-batch 128, 2 threads | micro-batch off: 4,000 | not resolved (0.90) |") in table
-    record.unlink()
-    with pytest.raises(report.ReportError, match="throughput.json is missing; run `squeezestudy bench"):
+    assert "median of 3 rounds" in table and "| archive |" not in table
+    assert ("| avx2 | lenet (256) | 1,000 | 3,600 (3,000-3,900) | 15 | not resolved (3.00-3.90) | 20, 10 | "
+            "fp32, channels_last on, micro-batch 128, 2 threads | micro-batch off: 4,000 | "
+            "not resolved (0.90) | yes |") in table
+    assert "| avx2 | fp32 | 2 | 100 | matmul 1024 | 200 | 50% |" in report.peaks_table(None)
+    for path in tmp_path.glob("*/throughput.json"):
+        path.unlink()
+    with pytest.raises(report.ReportError, match="no .*/<kind>/throughput.json; run `squeezestudy bench"):
         report.speed_table(None)
 
 

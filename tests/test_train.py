@@ -42,7 +42,9 @@ def test_resume_ends_with_the_same_weights(small_fashion_mnist, tmp_path, interr
 
     # Interrupt a second run in epoch 3 (its 5th evaluation), after epoch 2's checkpoint.
     interrupted_fit(5, cfg, small_fashion_mnist, out_dir=tmp_path / "b")
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 2
+    assert state["choice"] == {k: straight.metrics[k] for k in ("precision", "channels_last", "micro_batch")}
 
     resumed = fit(cfg, small_fashion_mnist, out_dir=tmp_path / "b", quiet=True, resume=True)
     for (name, a), b in zip(straight.model.state_dict().items(),
@@ -168,3 +170,23 @@ def test_misclassified_most_confident_first():
     assert evaluate.misclassified(pred, labels, confidence=confidence).tolist() == [4, 3, 1]
     assert evaluate.misclassified(pred, labels, confidence=confidence, limit=2).tolist() == [4, 3]
     assert evaluate.misclassified(labels, labels, confidence=confidence).tolist() == []
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_with(monkeypatch):
+    """The defaults may change between a run's start and its resume (a new tuning, a new release):
+    the precision is the one its checkpoint recorded; a checkpoint from before the choice was
+    recorded started when auto meant fp32 on a CPU for every model but the 224x224 ones and
+    AlexNet-112."""
+    from squeezestudy.core import machine
+    from squeezestudy.training.settings import resumed_choice
+
+    cpu = torch.device("cpu")
+    with machine.simulate("avx512_bf16"):
+        config = TrainConfig(model="lenet")
+        assert resumed_choice(config, cpu, None).precision == "fp32"  # an old checkpoint
+        assert resumed_choice(config, cpu, {"precision": "fp32"}).precision == "fp32"
+        assert resumed_choice(TrainConfig(model="alexnet"), cpu, None).precision == "bf16"
+        explicit = TrainConfig(model="lenet", precision="fp32")
+        assert resumed_choice(explicit, cpu, {"precision": "bf16"}).precision == "fp32"
+    with machine.simulate("avx2"):
+        assert resumed_choice(TrainConfig(model="lenet"), cpu, {"precision": "bf16"}).precision == "bf16"

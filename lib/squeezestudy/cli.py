@@ -167,14 +167,18 @@ def _cmd_tune(args) -> int:
     from squeezestudy.training import settings
 
     device = pick_device(args.device)
-    if args.if_training:  # `make study`: tune only what is about to train
+    pending = None
+    if args.if_training:  # `make study`: tune only what is about to train, where it pays
         from squeezestudy.batch.manifest import pending_training
 
-        models = sorted({str(r.parameters.get("model")) for r in pending_training(args.if_training)})
-        if not models:
+        pending = {}
+        for r in pending_training(args.if_training):
+            model = str(r.parameters.get("model"))
+            pending[model] = pending.get(model, 0) + int(r.parameters.get("epochs", 1))
+        if not pending:
             print(f"every training run of profile {args.if_training} is done: nothing to tune")
             return 0
-        args.models = models
+        args.models = sorted(pending)
     tuned = settings.read_cache().get(settings.machine_key(device), {})
     tuned = tuned if isinstance(tuned, dict) else {}
     if args.if_untuned and all(any(key.startswith(f"{m} |") for key in tuned) for m in args.models):
@@ -183,6 +187,15 @@ def _cmd_tune(args) -> int:
     if args.show:
         entries = tuned
         print(f"{settings.cache_path()}: {len(entries)} model(s) tuned on {settings.machine_key(device)}")
+        for key, entry in entries.items():
+            problem = settings.choice_problem(entry.get("choice") if isinstance(entry, dict) else entry) \
+                or (settings.choice_problem(entry.get("default")) and "its static default is unreadable")
+            if problem:
+                print(f"{key}: unusable ({problem}); `squeezestudy tune` measures it again")
+                continue
+            chosen, default = settings.Choice(**entry["choice"]), settings.Choice(**entry["default"])
+            print(f"{key}: " + (f"the static default kept ({default.label()})" if chosen == default else
+                                f"{chosen.label()}, in place of the static default ({default.label()})"))
     else:
         if args.seconds <= 0:
             raise UsageError(f"--seconds must be positive, got {args.seconds}")
@@ -190,24 +203,27 @@ def _cmd_tune(args) -> int:
 
         for name in args.models:
             spec(name)  # an unknown name fails before any measuring
-        settings.check_cache_writable()  # and a cache it could not write, before 40 s of it
-        entries = tune.tune(args.models, device, load(args.data_dir), args.seconds)
-        print(f"\ncached in {display_path(settings.cache_path())}")
+        settings.check_cache_writable()  # and a cache it could not write, before a minute of it
+        lines: list[str] = []
+
+        def echo(line: str) -> None:
+            print(line, flush=True)
+            lines.append(line)
+
+        try:
+            entries = tune.tune(args.models, device, load(args.data_dir), args.seconds, echo=echo,
+                                verbose=args.verbose, pending_epochs=pending)
+        except tune.NotQuiet as err:
+            print(f"not tuned: {err}")
+            return 0 if (args.if_training or args.if_untuned) else 1
+        if entries:
+            print(f"cached in {display_path(settings.cache_path())}")
     if args.record:
         from squeezestudy.core import fileio
 
         fileio.write_text(Path(args.record), json.dumps(
-            {"machine": settings.machine_key(device), "entries": entries}, indent=1, sort_keys=True) + "\n")
-    for key, entry in entries.items():
-        problem = settings.choice_problem(entry.get("choice") if isinstance(entry, dict) else entry) \
-            or (settings.choice_problem(entry.get("default")) and "its static default is unreadable")
-        if problem:
-            print(f"{key}: unusable ({problem}); `squeezestudy tune` measures it again")
-            continue
-        chosen, default = settings.Choice(**entry["choice"]), settings.Choice(**entry["default"])
-        # rates of different groups come from different rounds: only the choice is compared
-        print(f"{key}: " + (f"the static default kept ({default.label()})" if chosen == default else
-                            f"{chosen.label()}, in place of the static default ({default.label()})"))
+            {"machine": settings.machine_key(device), "entries": entries,
+             "lines": [] if args.show else lines}, indent=1, sort_keys=True) + "\n")
     return 0
 
 
@@ -255,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     from squeezestudy.speed.tune import DEFAULT_MODELS as TUNED_MODELS
 
     p.add_argument("--models", nargs="+", default=list(TUNED_MODELS))
-    p.add_argument("--seconds", type=float, default=2.0, help="time per candidate setting")
+    p.add_argument("--seconds", type=float, default=1.5, help="time per group of settings timed together")
+    p.add_argument("--verbose", action="store_true", help="print every timing, not one line a model")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir")
     p.add_argument("--show", action="store_true", help="print this machine's cached choices only")

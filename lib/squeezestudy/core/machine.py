@@ -21,6 +21,7 @@ import os
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -49,6 +50,9 @@ class Machine:
     cuda_bf16: bool = False
     mps: bool = False
     simulated: bool = False
+    vendor: str = ""  # "AMD", "Intel" or "" (from /proc/cpuinfo's vendor_id)
+    cores: int = 0  # physical cores (each core's FMA units are shared by its SMT threads)
+    clock_ghz: float = 0.0  # the clock the CPU reports (its base or current one; 0: unknown)
 
     @property
     def native_bf16(self) -> bool:
@@ -68,6 +72,10 @@ class Machine:
         """torch's intra-op threads now (a setting of the process, so read each time)."""
         return torch.get_num_threads()
 
+    def theoretical_peak(self, precision: str, threads: int | None = None) -> Peak | None:
+        """The most FLOP/s `threads` threads of this CPU can do at `precision` (None: unknown)."""
+        return theoretical_peak(self, precision, threads or self.threads)
+
     def describe(self) -> str:
         """One line for logs and CI: `AMD EPYC 9R14: AVX-512 with native bf16 (torch AVX512), 2 threads`."""
         kind = _KIND_NAMES.get(self.cpu_kind, self.cpu_kind)
@@ -77,6 +85,56 @@ class Machine:
         if self.mps:
             line += "; MPS"
         return line + (" [simulated]" if self.simulated else "")
+
+
+# FLOP a core does per cycle, by kind and vendor: FMA units x vector lanes x 2. Zen 4 runs AVX-512 on
+# two 256-bit FMA pipes (a 512-bit FMA each cycle), Intel's AVX-512 cores have two 512-bit FMA
+# units; vdpbf16ps doubles the FMAs of a lane; AMX's tile unit does 1,024 bf16 FLOP a cycle. Where
+# bf16 is emulated it runs on the fp32 units, at best at their rate.
+_FLOP_PER_CYCLE = {("avx2", ""): (32, 32), ("avx512", "AMD"): (32, 32), ("avx512", ""): (64, 64),
+                   ("avx512_bf16", "AMD"): (32, 64), ("avx512_bf16", ""): (64, 128),
+                   ("amx", ""): (64, 1024)}
+# The highest boost clock of each line (GHz): virtual machines report their base clock, so the
+# ceiling uses the line's fastest part (AMD EPYC 9174F 4.4, Ryzen 7950X 5.7, Xeon 8480+'s peers 4.2,
+# Core i9-14900K 6.0).
+_BOOST_CEILING = (("AMD", "EPYC", 4.4), ("AMD", "", 5.7), ("Intel", "Xeon", 4.3), ("Intel", "", 6.0))
+
+
+@dataclass(frozen=True)
+class Peak:
+    """A theoretical peak: cores x clock x FLOP per cycle, and where each factor came from."""
+
+    flops: float
+    cores: int
+    clock_ghz: float
+    flop_per_cycle: int
+    clock_source: str
+
+    def describe(self) -> str:
+        return (f"{self.flops / 1e9:,.0f} GFLOP/s ({self.cores} core{'s' if self.cores > 1 else ''} x "
+                f"{self.clock_ghz:.1f} GHz x {self.flop_per_cycle} FLOP a cycle; {self.clock_source})")
+
+
+def theoretical_peak(here: Machine, precision: str, threads: int) -> Peak | None:
+    """Cores x clock x FLOP per cycle: a ceiling no measurement can pass. The clock is the highest
+    boost of the CPU's line (or the reported clock where that is higher), so the ceiling holds on
+    a machine that reports only its base clock."""
+    table = {k: v for k, v in _FLOP_PER_CYCLE.items() if k[0] == here.cpu_kind}
+    per_cycle = table.get((here.cpu_kind, here.vendor)) or table.get((here.cpu_kind, ""))
+    if per_cycle is None or precision not in ("fp32", "bf16"):
+        return None
+    line = next(((vendor, name, ghz) for vendor, name, ghz in _BOOST_CEILING
+                 if vendor == here.vendor and name in here.cpu_model), None)
+    reported = f"; this one reports {here.clock_ghz:.1f} GHz" if here.clock_ghz else ""
+    if line and line[2] >= here.clock_ghz:
+        clock, source = line[2], f"the highest boost of {line[0]} {line[1] or 'CPUs'}{reported}"
+    else:
+        clock, source = here.clock_ghz, "the clock this CPU reports"
+    if not clock:
+        return None
+    cores = max(1, min(threads, here.cores or threads))
+    flop = per_cycle[precision == "bf16"]
+    return Peak(cores * clock * 1e9 * flop, cores, clock, flop, source)
 
 
 def kind_from_flags(flags: set[str]) -> str:
@@ -91,35 +149,69 @@ def kind_from_flags(flags: set[str]) -> str:
     return "other"
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = "", set()
+@dataclass
+class _CpuInfo:
+    model: str = ""
+    flags: set[str] = dataclasses.field(default_factory=set)
+    vendor: str = ""
+    cores: int = 0
+    clock_ghz: float = 0.0
+
+
+def parse_cpuinfo(text: str) -> _CpuInfo:
+    """/proc/cpuinfo's model, flags, vendor, physical cores and clock."""
+    info, core_ids, physical = _CpuInfo(), set(), ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "model name" and not info.model:
+            info.model = value
+        elif key == "flags" and not info.flags:
+            info.flags = set(value.split())
+        elif key == "vendor_id" and not info.vendor:
+            info.vendor = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(value, "")
+        elif key == "cpu MHz" and not info.clock_ghz:
+            with contextlib.suppress(ValueError):
+                info.clock_ghz = float(value) / 1000
+        elif key == "physical id":
+            physical = value
+        elif key == "core id":
+            core_ids.add((physical, value))
+    info.cores = len(core_ids)
+    return info
+
+
+def _cpuinfo() -> _CpuInfo:
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not model:
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
+            info = parse_cpuinfo(f.read())
     except OSError:
+        info = _CpuInfo()
+    info.model = info.model or platform.processor() or platform.machine()
+    try:  # a host that shows its frequency range: its highest clock
+        max_khz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text())
+        info.clock_ghz = max(info.clock_ghz, max_khz / 1e6)
+    except (OSError, ValueError):
         pass
-    return model or platform.processor() or platform.machine(), flags
+    info.cores = info.cores or os.cpu_count() or 1
+    return info
 
 
 @functools.lru_cache(maxsize=1)
 def detect() -> Machine:
     """This machine as it is (cached: none of it changes while a process runs)."""
-    model, flags = _cpuinfo()
+    info = _cpuinfo()
+    model = info.model
     isa = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
-    kind = kind_from_flags(flags)
+    kind = kind_from_flags(info.flags)
     if kind == "other" and isa in ("AVX2", "AVX512"):  # no /proc/cpuinfo (macOS x86): torch knows
         kind = isa.lower()
     cuda = torch.cuda.is_available()
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     return Machine(kind, model, isa, cuda=cuda,
                    cuda_name=torch.cuda.get_device_name(0) if cuda else "",
-                   cuda_bf16=bool(cuda and torch.cuda.is_bf16_supported()), mps=mps)
+                   cuda_bf16=bool(cuda and torch.cuda.is_bf16_supported()), mps=mps,
+                   vendor=info.vendor, cores=info.cores, clock_ghz=info.clock_ghz)
 
 
 def simulated(kind: str, base: Machine | None = None) -> Machine:

@@ -20,6 +20,7 @@ from squeezestudy.report.records import (
     deep_compression_table,
     file_search_table,
     headline_compression_table,
+    peaks_table,
     speed_table,
     tuning_table,
     weights_table,
@@ -33,7 +34,8 @@ TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "claims": claims_table, "note": note_table, "sr": sr_table, "pct": pct_table, "bypass": bypass_table,
     "depth": depth_table, "comparisons": comparison_table, "deep_compression": deep_compression_table,
     "headline": headline_table, "headline_compression": headline_compression_table,
-    "tuning": tuning_table, "speed": speed_table, "weights": weights_table, "search": search_table,
+    "tuning": tuning_table, "speed": speed_table, "peaks": peaks_table, "weights": weights_table,
+    "search": search_table,
     "file_search": file_search_table,
 }
 

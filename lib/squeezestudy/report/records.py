@@ -70,74 +70,89 @@ def headline_compression_table(runs: pd.DataFrame) -> str:
     return deep_compression_table(runs, HEADLINE_COMPRESSION_TABLE, "12_headline")
 
 
-TUNING_RECORD = OUTPUTS / "benchmarks" / "tuning.json"
+BENCHMARKS = OUTPUTS / "benchmarks"  # one folder per CPU kind measured; archive/ holds superseded runs
 
 
-THROUGHPUT_RECORD = OUTPUTS / "benchmarks" / "throughput.json"
-
-
-def _read_record(path: Path, command: str) -> dict:
-    if not path.is_file():
-        raise ReportError(f"{path} is missing; run `{command}`")
-    return json.loads(path.read_text())
+def benchmark_records(name: str) -> list[tuple[str, dict]]:
+    """(kind, record) of each `name` (throughput.json, tuning.json) in outputs/benchmarks/<kind>/."""
+    found = [(p.parent.name, json.loads(p.read_text())) for p in sorted(BENCHMARKS.glob(f"*/{name}"))
+             if p.parent.name != "archive"]
+    if not found:
+        raise ReportError(f"no {BENCHMARKS}/<kind>/{name}; run `squeezestudy "
+                          + ("bench`" if name == "throughput.json" else "tune --record ...`"))
+    return found
 
 
 def tuning_table(runs: pd.DataFrame) -> str:
-    """`squeezestudy tune --record` on the study's machine: per model, the static default, the
-    choice the pass made (another value only where every round of it beat every round of the
-    current one), and the largest gain another value showed over the current one in the rounds
-    they shared (medians)."""
-    record = _read_record(TUNING_RECORD, f"squeezestudy tune --record {TUNING_RECORD}")
+    """`squeezestudy tune --record` per CPU kind: per model, the static default, the choice (another
+    value only where it won every round twice), the speed-up over the default measured in the
+    same rounds, and whether the machine was quiet enough to cache it."""
     rows = []
-    for key, e in record["entries"].items():
-        best_gain, best_label = 0.0, ""
-        for group in e["groups"]:
-            rates = {settings.Choice(**{k: r[k] for k in e["choice"]}): r["images_per_s"]
-                     for r in group["rates"]}
-            current = settings.Choice(**group["current"])
-            for choice, rate in rates.items():
-                if choice != current and rate / rates[current] > best_gain:
-                    best_gain, best_label = rate / rates[current], f"{group['axis']}: {choice.label()}"
-        rows.append({"model, batch, input": key.replace(" | ", ", "),
-                     "static default": settings.Choice(**e["default"]).label(),
-                     "chosen": "the static default" if e["choice"] == e["default"]
-                     else settings.Choice(**e["choice"]).label(),
-                     "best other value, against the current one in the same rounds":
-                     f"{best_label} ({best_gain:.2f}x)" if best_label else "none timed",
-                     "settings timed": sum(len(g["rates"]) for g in e["groups"])})
-    return (f"Measured on `{record['machine']}`; medians of {tune.ROUNDS} interleaved rounds. A value "
-            "replaced the current one only where every one of its rounds beat every round of the "
-            "current one.\n\n" + markdown_table(pd.DataFrame(rows), "llllr"))
+    for kind, record in benchmark_records("tuning.json"):
+        for key, e in record["entries"].items():
+            chosen = settings.Choice(**e["choice"])
+            rows.append({"CPU kind": kind, "model, batch, input": key.replace(" | ", ", "),
+                         "static default": settings.Choice(**e["default"]).label(),
+                         "chosen": "the static default" if e["choice"] == e["default"] else chosen.label(),
+                         "speed-up, same rounds": f"{e.get('speedup', 1.0):.2f}x",
+                         "settings timed": sum(len(g["rates"]) for g in e["groups"])})
+        for line in (x for x in record.get("lines", []) if ": not cached" in x or ": not tuned" in x):
+            rows.append({"CPU kind": kind, "model, batch, input": line, "static default": "",
+                         "chosen": "not cached", "speed-up, same rounds": "", "settings timed": ""})
+    return (f"Medians of {tune.ROUNDS} interleaved rounds. A value replaced the current one only where "
+            "every one of its rounds beat every round of the current one, and the choice beat the "
+            "static default in every round of a last comparison.\n\n"
+            + markdown_table(pd.DataFrame(rows), "lllllr"))
+
+
+def peaks_table(runs: pd.DataFrame) -> str:
+    """The GEMM peak each benchmark measured (best of several sizes, at the start and the end of its
+    run) beside the CPU's theoretical peak, per precision and thread count."""
+    rows = []
+    for kind, record in benchmark_records("throughput.json"):
+        for p in record["meta"]["peaks"]:
+            rows.append({"CPU kind": kind, "precision": p["precision"], "threads": p["threads"],
+                         "measured GFLOP/s": f"{p['gflops']:,.0f}", "best GEMM": p["shape"],
+                         "theoretical GFLOP/s": "-" if p["theoretical_gflops"] is None
+                         else f"{p['theoretical_gflops']:,.0f}",
+                         "measured / theoretical": "-" if not p["theoretical_gflops"]
+                         else f"{p['gflops'] / p['theoretical_gflops']:.0%}"})
+    return markdown_table(pd.DataFrame(rows), "llrrlrr")
 
 
 def speed_table(runs: pd.DataFrame) -> str:
-    """`squeezestudy bench` on the study's machine: per model, the naive pipeline against the
-    project's default (the ratio, the share of the fp32 matrix-product peak), and the default
-    against the fastest setting tried in the same interleaved rounds (batch-size rows excluded:
-    they change the recipe)."""
-    record = _read_record(THROUGHPUT_RECORD, "squeezestudy bench --out outputs/benchmarks")
-    meta, records = record["meta"], record["records"]
+    """`squeezestudy bench` per CPU kind: per model, the naive pipeline against the project's default
+    (the ratio read round by round, its share of the measured and theoretical peaks, the time an
+    epoch of 55,000 images takes) and the default against the fastest setting a default may be
+    (batch sizes and unchecked bf16 excluded), in the same interleaved rounds."""
     rows = []
-    # the verdicts from the recorded rounds, by the benchmark's own rule
-    for verdict in bench.default_verdicts([bench.Record(**r) for r in records]):
-        model = [r for r in records if r["model"] == verdict["model"]]
-        naive = next(r for r in model if r["pipeline"] == "naive")
-        default = next(r for r in model if r["pipeline"] == "project" and r["label"] == "default")
-        s = default["settings"]
-        rows.append({"model (batch)": f"{verdict['model']} ({s['batch_size']})",
-                     "naive images/s": f"{naive['images_per_s']:,.0f}",
-                     "default images/s": f"{default['images_per_s']:,.0f}",
-                     "its rounds": f"{min(default['repeats']):,.0f}-{max(default['repeats']):,.0f}",
-                     "x naive": f"{default['ratio_vs_naive']:.2f}",
-                     "% of fp32 peak": f"{100 * default['fraction_of_peak']:.0f}",
-                     "default": settings.Choice(**{k: s[k] for k in settings.SETTINGS}).label(),
-                     "fastest other setting": f"{verdict['best']}: {verdict['best_images_per_s']:,.0f}"
-                     if verdict["best"] != "default" else "none",
-                     "default within 5%": verdict["within_5_percent"] if verdict["within_5_percent"] == "yes"
-                     else f"{verdict['within_5_percent']} ({verdict['default_over_best']:.2f})"})
-    return (f"Measured on `{meta.get('machine', meta['device_name'])}`; fp32 matrix-product peak "
-            f"{meta['peak_gflops']['fp32']:,.0f} GFLOP/s in the same run; each figure the median "
-            f"of {meta['repeats']} rounds.\n\n" + markdown_table(pd.DataFrame(rows), "lrrrrrlll"))
+    for kind, record in benchmark_records("throughput.json"):
+        records = [bench.Record(**r) for r in record["records"]]
+        for verdict in bench.default_verdicts(records):
+            model = [r for r in records if r.model == verdict["model"]]
+            naive = next(r for r in model if r.pipeline == "naive")
+            default = next(r for r in model if r.pipeline == "project" and r.label == "default")
+            s = default.settings
+            rows.append({
+                "CPU kind": kind, "model (batch)": f"{verdict['model']} ({s['batch_size']})",
+                "naive images/s": f"{naive.images_per_s:,.0f}",
+                "default images/s (rounds)": f"{default.images_per_s:,.0f} "
+                f"({min(default.repeats):,.0f}-{max(default.repeats):,.0f})",
+                "s an epoch": f"{55_000 / default.images_per_s:,.0f}",
+                "x naive (rounds)": verdict["x_naive"],
+                "% of peak: measured, theoretical": f"{100 * (default.fraction_of_peak or 0):.0f}, "
+                f"{100 * (default.fraction_of_theoretical or 0):.0f}",
+                "default": settings.Choice(**{k: s[k] for k in settings.SETTINGS}).label(),
+                "fastest other setting": f"{verdict['best']}: {verdict['best_images_per_s']:,.0f}"
+                if verdict["best"] != "default" else "none",
+                "default within 5%": verdict["within_5_percent"] if verdict["within_5_percent"] == "yes"
+                else f"{verdict['within_5_percent']} ({verdict['default_over_best']:.2f})",
+                "at least 3x naive": verdict["at_least_3x_naive"]
+                if verdict["model"] in bench.SMALL_MODELS else "(no target)"})
+    meta = benchmark_records("throughput.json")[0][1]["meta"]
+    return (f"Each figure the median of {meta['repeats']} rounds; in each round the naive pipeline "
+            "and every setting ran in turn, so a ratio is read round by round.\n\n"
+            + markdown_table(pd.DataFrame(rows), "llrrrlrllll"))
 
 
 def _weights_family(run: str) -> str:

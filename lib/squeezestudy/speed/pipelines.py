@@ -8,9 +8,9 @@ drifts slows them alike. `matmul_peak` and `train_flops_per_image` give the FLOP
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from squeezestudy.core.device import bf16_supported, synchronize
+from squeezestudy.core.device import synchronize
 from squeezestudy.data import fashion_mnist as fmnist
 from squeezestudy.models import spec
 from squeezestudy.training.config import TrainConfig, build_model
@@ -44,29 +44,74 @@ class Setting:
                 "compile": self.compile, "threads": self.threads or torch.get_num_threads()}
 
 
-def matmul_peak(device: torch.device, precision: str, seconds: float = 1.0, n: int = 2048) -> float:
-    """FLOP/s of an n x n x n matrix product at `precision` (median of 3 timed bursts)."""
+# The GEMMs a peak is measured on: square products of several sizes through torch.matmul (BLAS),
+# and 1x1 convolutions in channels_last (oneDNN, the library the models' convolutions run on):
+# which one is fastest differs between CPUs and precisions.
+CPU_MATMUL_SIZES = (256, 512, 1024, 2048)
+CPU_CONV_SHAPES = ((256, 256, 14, 14), (64, 512, 14, 14), (256, 128, 28, 28))  # N, C (in = out), H, W
+CUDA_MATMUL_SIZES = (4096, 8192)
+
+
+@dataclass
+class GemmPeak:
+    """The best FLOP/s of several GEMMs at one precision and thread count, and which one reached it."""
+
+    flops: float
+    shape: str
+    rates: dict[str, float]
+
+
+def _gemms(device: torch.device, dtype: torch.dtype) -> list[tuple[str, float, Callable[[], None]]]:
+    """(name, FLOP per call, call) of each GEMM, smallest first."""
+    gemms = []
+    for n in CUDA_MATMUL_SIZES if device.type == "cuda" else CPU_MATMUL_SIZES:
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        gemms.append((f"matmul {n}", 2.0 * n**3, lambda a=a, b=b: a @ b))
+    if device.type == "cpu":
+        for n, c, h, w in CPU_CONV_SHAPES:
+            x = torch.randn(n, c, h, w, dtype=dtype).to(memory_format=torch.channels_last)
+            weight = torch.randn(c, c, 1, 1, dtype=dtype).to(memory_format=torch.channels_last)
+            gemms.append((f"conv1x1 {n}x{c}x{h}x{w}", 2.0 * n * h * w * c * c,
+                          lambda x=x, weight=weight: F.conv2d(x, weight)))
+    return gemms
+
+
+def gemm_peak(device: torch.device, precision: str, threads: int | None = None,
+              seconds: float = 0.25, repeats: int = 3) -> GemmPeak:
+    """The best FLOP/s of `repeats` bursts of about `seconds` of each GEMM (CPU_MATMUL_SIZES,
+    CPU_CONV_SHAPES) at `precision` on `threads` threads: the peak this machine reaches, which a
+    training step's FLOP/s is measured against. A GEMM whose one call takes longer than a burst
+    (emulated bf16) is timed once, and larger ones of its kind are skipped."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    if device.type == "cuda":
-        n = 8192
-    elif precision == "bf16" and not bf16_supported(device):
-        n = 512  # emulated bf16 runs at a few GFLOP/s: a large product would take minutes
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    synchronize(device)
-    rates = []
-    for _ in range(3):
-        count, start = 0, time.perf_counter()
-        while True:
-            a @ b
-            count += 1
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    rates: dict[str, float] = {}
+    slow: set[str] = set()
+    try:
+        for name, flop, call in _gemms(device, dtype):
+            kind = name.split()[0]
+            if kind in slow:
+                continue
+            start = time.perf_counter()
+            call()
             synchronize(device)
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds / 3:
-                break
-        rates.append(2 * n**3 * count / elapsed)
-    return statistics.median(rates)
+            first = time.perf_counter() - start
+            best = flop / first
+            if first > seconds:
+                slow.add(kind)
+            else:
+                for _ in range(repeats):
+                    count, start = 0, time.perf_counter()
+                    while (elapsed := time.perf_counter() - start) < seconds or not count:
+                        call()
+                        synchronize(device)
+                        count += 1
+                    best = max(best, flop * count / elapsed)
+            rates[name] = best
+    finally:
+        torch.set_num_threads(previous)
+    shape = max(rates, key=rates.__getitem__)
+    return GemmPeak(rates[shape], shape, rates)
 
 
 def train_flops_per_image(model: nn.Module, image_size: int, in_channels: int, batch: int = 2) -> float:
@@ -149,20 +194,46 @@ def torchvision_root(source: Path) -> Path:
     return root
 
 
-def naive_timed(model_name: str, root: Path, device: torch.device, batch_size: int, warmup: int,
+# The headline network (notebook 12's chosen recipe), benchmarked under this name: the study's
+# costliest training. tests/test_bench.py checks it against the committed headline run.
+HEADLINE = "headline"
+HEADLINE_CONFIG = {"model": "squeezenet_design", "augment": True, "model_kwargs": {
+    "base_e": 96, "incr_e": 96, "sr": 0.125, "pct3x3": 0.5, "freq": 2, "conv1_filters": 96,
+    "bypass": "simple"}}
+
+
+def bench_names() -> list[str]:
+    """The names the benchmark takes: every registered model, and "headline"."""
+    from squeezestudy.models import REGISTRY
+
+    return [*REGISTRY, HEADLINE]
+
+
+def bench_config(name: str, **changes) -> TrainConfig:
+    """The training config the benchmark times under `name` (a registered model or "headline"),
+    at the model's batch size; `changes` override fields (precision, channels_last, ...)."""
+    fields = dict(HEADLINE_CONFIG) if name == HEADLINE else {"model": name}
+    fields.setdefault("batch_size", spec(fields["model"]).batch_size)
+    return TrainConfig(**{**fields, **changes})
+
+
+def naive_timed(config: TrainConfig, root: Path, device: torch.device, warmup: int,
                 workers: int) -> Timed:
-    """The d2l way: PIL images through ToTensor (+ Resize) in a DataLoader, fp32, NCHW."""
+    """The d2l way: PIL images through ToTensor (+ Resize) in a DataLoader, fp32, NCHW (with the
+    recipe's crop and flip as torchvision transforms where it augments)."""
     import torchvision
     from torchvision import transforms
 
-    image_size = spec(model_name).image_size
-    config = TrainConfig(model=model_name, device=str(device), precision="fp32")
+    image_size = config.resolved_image_size()
+    config = dataclasses.replace(config, device=str(device), precision="fp32")
     tfms = [transforms.ToTensor()]
     if image_size != 28:
         tfms.insert(0, transforms.Resize(image_size))
+    if config.augment:
+        tfms[:0] = [transforms.RandomCrop(28, padding=2), transforms.RandomHorizontalFlip()]
     dataset = torchvision.datasets.FashionMNIST(str(root), train=True,
                                                 transform=transforms.Compose(tfms))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
                                          num_workers=workers, drop_last=True)
     torch.manual_seed(0)
     model = build_model(config).to(device)
@@ -177,18 +248,18 @@ def naive_timed(model_name: str, root: Path, device: torch.device, batch_size: i
         loss.backward()
         optimizer.step()
 
-    return Timed(step, batch_size, warmup=warmup)
+    return Timed(step, config.batch_size, warmup=warmup)
 
 
-def project_timed(model_name: str, dataset: fmnist.FashionMNIST, device: torch.device,
+def project_timed(config: TrainConfig, dataset: fmnist.FashionMNIST, device: torch.device,
                   setting: Setting, warmup: int) -> Timed:
     """The project's pipeline: uint8 data on the device, batched preprocessing, `train_step`."""
-    config = TrainConfig(model=model_name, device=str(device), precision=setting.precision,
-                         batch_size=setting.batch_size, channels_last=setting.channels_last)
+    config = dataclasses.replace(config, device=str(device), precision=setting.precision,
+                                 batch_size=setting.batch_size, channels_last=setting.channels_last)
     mean, std = dataset.mean_std()
     batches = fmnist.Batches(dataset.train, setting.batch_size, mean=mean, std=std, device=device,
                              image_size=config.resolved_image_size(), shuffle=True, drop_last=True,
-                             channels_last=setting.channels_last)
+                             augment=config.augment, channels_last=setting.channels_last)
     torch.manual_seed(0)
     model = build_model(config).to(device)
     if setting.channels_last:

@@ -33,7 +33,7 @@ from squeezestudy.training import rundir
 from squeezestudy.training.config import FORCE_HINT, RESUME_HINT, TrainConfig, build_model
 from squeezestudy.training.evaluate import evaluate, predict
 from squeezestudy.training.rundir import CHECKPOINT, ResultFileError, RunExistsError
-from squeezestudy.training.settings import Choice, resolve_defaults
+from squeezestudy.training.settings import Choice, resolve_defaults, resumed_choice
 from squeezestudy.training.stage import SAVING, Stage, TrainingInterrupted, file_identity
 from squeezestudy.training.step import lr_factor, make_optimizer, train_step
 
@@ -125,7 +125,8 @@ def _fit(config: TrainConfig, dataset: fmnist.FashionMNIST | None, out_path: Pat
     stage = Stage(start_epoch, "building the model", saved=start_epoch)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     threads = torch.get_num_threads()
-    choice = resolve_defaults(config, device)
+    choice = (resumed_choice(config, device, state.get("choice")) if state is not None
+              else resolve_defaults(config, device))
     try:
         torch.set_num_threads(choice.threads)  # a tuned machine's choice
         run = _prepare(config, device, choice, dataset, data_dir, stage)
@@ -312,6 +313,8 @@ def _save_checkpoint(run: _Training, history: list[dict], out_path: Path, stage:
     stage.replacing = file_identity(out_path / CHECKPOINT)
     epochs_done = history[-1]["epoch"]
     state = {"config": run.config.to_dict(), "epoch": epochs_done, "history": history,
+             "choice": {"precision": run.precision, "channels_last": run.channels_last,
+                        "micro_batch": run.micro_batch},
              "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
              "scheduler": run.scheduler.state_dict(),
              **({"ema": run.ema_model.state_dict()} if run.ema_model is not None else {})}

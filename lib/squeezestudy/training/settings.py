@@ -130,16 +130,27 @@ def lookup(model: str, batch_size: int, image_size: int, device: torch.device,
     return Choice(**{k: choice[k] for k in SETTINGS})
 
 
-def static_choice(model: str, device: torch.device) -> Choice:
-    """The ModelSpec defaults: what `fit` uses on a machine that was never tuned."""
-    from squeezestudy.core.device import resolve_precision
-
+def bf16_allowed(model: str) -> bool:
+    """bf16 may be this model's default, or a tuning candidate: its bf16 accuracy was checked
+    against fp32 (notebook 06: within 0.3 points; `ModelSpec.bf16_checked`), or it is one of the
+    224x224 reference networks the study benchmarks but never trains (`ModelSpec.bf16_on_cpu`)."""
     model_spec = spec(model)
+    return model_spec.bf16_checked or model_spec.bf16_on_cpu
+
+
+def static_choice(model: str, device: torch.device) -> Choice:
+    """What `fit` uses on a machine that was never tuned, from what the machine can do
+    (machine.current()) and the model (ModelSpec):
+    - precision: bf16 on CUDA, and on a CPU that runs it natively (AVX-512 bf16, AMX) for the
+      models `bf16_allowed`; fp32 elsewhere (emulated bf16 is several times slower);
+    - channels_last: on, except on MPS (faster for every model measured: CPU 1.3-2x);
+    - micro-batch: the model's `cpu_micro_batch` in fp32 on a CPU, whole batches in bf16, whose
+      activations take half the bytes (docs/speed.md has the measurements per CPU kind);
+    - threads: all of torch's."""
     precision = resolve_precision("auto", device,
-                                  prefer_bf16=device.type == "cuda" or model_spec.bf16_on_cpu)
-    return Choice(precision, device.type != "mps",
-                  model_spec.cpu_micro_batch if device.type == "cpu" else 0,
-                  machine.current().threads)
+                                  prefer_bf16=device.type == "cuda" or bf16_allowed(model))
+    micro_batch = spec(model).cpu_micro_batch if device.type == "cpu" and precision == "fp32" else 0
+    return Choice(precision, device.type != "mps", micro_batch, machine.current().threads)
 
 
 def resolve_defaults(config: TrainConfig, device: torch.device) -> Choice:
@@ -159,3 +170,20 @@ def resolve_defaults(config: TrainConfig, device: torch.device) -> Choice:
                              "set micro_batch to 0 (or leave it to auto)")
         micro_batch = 0  # the tuned or static choice assumed a model without batch statistics
     return Choice(precision, channels_last, micro_batch, auto.threads)
+
+
+def resumed_choice(config: TrainConfig, device: torch.device, saved: dict | None) -> Choice:
+    """The settings a resumed run continues with: the precision it started with (a change of the
+    defaults or of the tuning cache meanwhile must not change a run halfway), the rest as
+    `resolve_defaults` gives them (they change speed, not the update). A checkpoint written before
+    the choice was recorded started when auto meant bf16 on a CPU only for `bf16_on_cpu` models."""
+    choice = resolve_defaults(config, device)
+    if config.precision != "auto":
+        return choice
+    if saved and saved.get("precision") in ("fp32", "bf16"):
+        precision = saved["precision"]
+    elif device.type == "cpu":
+        precision = resolve_precision("auto", device, prefer_bf16=spec(config.model).bf16_on_cpu)
+    else:
+        return choice
+    return Choice(precision, choice.channels_last, choice.micro_batch, choice.threads)
