@@ -17,7 +17,8 @@ copyright = "2026, " + author
 extensions = ["myst_nb", "sphinx_external_toc"]
 external_toc_path = "site/_toc.yml"
 root_doc = "README"
-include_patterns = ["README.md", "notebooks/*.ipynb", "docs/*.md", "outputs/*/throughput.md"]
+include_patterns = ["README.md", "notebooks/*.ipynb", "docs/*.md", "outputs/gpu/throughput.md",
+                    "outputs/benchmarks/*/throughput.md", "outputs/benchmarks/archive/*/throughput.md"]
 exclude_patterns = ["_build", ".venv", "data", "site", "tests", "lib"]
 
 nb_execution_mode = "off"  # the committed outputs are the results; the site never re-runs them

@@ -1,3 +1,6 @@
+import dataclasses
+import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +65,33 @@ def test_file_round_trip_gives_the_compressed_model(tmp_path):
         assert torch.equal(a, b), name
     x = torch.randn(4, 1, 28, 28)
     assert torch.equal(model.eval()(x), loaded(x))
+
+
+def test_a_layer_that_keeps_every_weight_has_no_position_stream(tmp_path):
+    """Kept whole, a layer's gaps are all 1: the file leaves them out (`dense` in its header), is
+    smaller by about a bit a weight, and decodes to the same model; a file written before the
+    dense layout (every layer with its gaps) still reads."""
+    torch.manual_seed(0)
+    model = build(ARCH["model"], **ARCH["kwargs"])
+    masks = dc.magnitude_masks(model, 1.0)  # keep everything
+    shared = dc.share_weights(model, masks, bits=8)
+    size = dc.save(tmp_path / "dense.sqdc", model, shared, ARCH)
+    raw = (tmp_path / "dense.sqdc").read_bytes()
+    (length,) = struct.unpack_from("<I", raw, len(sqdc.MAGIC))
+    header = json.loads(raw[len(sqdc.MAGIC) + 4:len(sqdc.MAGIC) + 4 + length])
+    assert all(layer["dense"] and len(layer["bytes"]) == 3 for layer in header["layers"])
+    weights = sum(m.numel() for m in masks.values())
+    gapped = {name: dataclasses.replace(layer, mask=layer.mask.clone()) for name, layer in shared.items()}
+    for layer in gapped.values():  # one weight fewer a layer: every layer then needs its gaps
+        layer.mask.view(-1)[0] = False
+        layer.assign = layer.assign[1:]
+    old = dc.save(tmp_path / "gaps.sqdc", model, gapped, ARCH)
+    assert old - size >= weights / 8 * 0.9  # about a bit a weight, less the gaps' code lengths
+    loaded = dc.load(tmp_path / "dense.sqdc")
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # files written before the dense layout (every layer with its gaps): the committed ones,
+    # test_every_committed_compressed_file_is_the_one_its_record_describes
 
 
 def test_long_gaps_are_bridged_by_fillers():
@@ -263,3 +293,19 @@ def test_every_committed_compressed_file_is_the_one_its_record_describes():
         record = json.loads(p.read_text())
         raw = p.with_suffix(".sqdc").read_bytes()
         assert record["file_sha256"] and sqdc._unexpected(p, raw, dc.expectation(record)) is None, p.name
+
+
+def test_a_committed_file_repacked_in_the_dense_layout_is_smaller_with_the_same_weights(tmp_path):
+    """The one-Fire SqueezeNet's 8-bit file that keeps every weight, written before the dense
+    layout: about a fifth of it was position gaps of 1 (docs/headline.md has every file)."""
+    from squeezestudy.core.paths import OUTPUTS
+
+    path = OUTPUTS / "deep_compression" / "squeezenet_fmnist-s0-dc-d1-8bit.sqdc"
+    record = json.loads(path.with_suffix(".json").read_text())
+    size = sqdc.repack(path, tmp_path / "dense.sqdc", expect=sqdc.expectation(record))
+    assert size < 0.85 * path.stat().st_size
+    header = sqdc.header_of((tmp_path / "dense.sqdc").read_bytes())
+    assert all(layer.get("dense") for layer in header["layers"])
+    before, after = sqdc.load(path), sqdc.load(tmp_path / "dense.sqdc")
+    for a, b in zip(before.state_dict().values(), after.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -364,7 +364,7 @@ def test_busy_cores_sees_the_processes_running_now():
     more than the machine has."""
     import os
 
-    assert 0 <= tune.busy_cores(0.2) <= (os.cpu_count() or 1) + 0.01
+    assert 0 <= tune.busy_cores(0.5) <= 1.1 * (os.cpu_count() or 1) + 0.1  # /proc/stat counts in ticks
 
 
 def test_other_processes_cpu_time_is_the_machines_less_this_ones(monkeypatch):

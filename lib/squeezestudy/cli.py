@@ -279,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-untuned", action="store_true", help="do nothing if every model is tuned here")
     p.add_argument("--if-training", metavar="PROFILE",
                    help="tune only the models of PROFILE's training runs that are not done yet")
-    p.add_argument("--record", help="also write this machine's results to this JSON file "
-                                    "(docs/speed.md's tuning table reads outputs/benchmarks/tuning.json)")
+    p.add_argument("--record", help="also write this machine's results to this JSON file (docs/speed.md's "
+                                    "tuning table reads outputs/benchmarks/<cpu kind>/tuning.json)")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("deep-compression", help="the Deep Compression grids of notebooks 11 and 12")

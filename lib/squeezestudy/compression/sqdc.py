@@ -3,7 +3,10 @@
 Layout: the magic line, a little-endian uint32 header length, a JSON header (the architecture to
 build, and per compressed layer its shape, cluster count and the byte lengths of its parts), then
 per layer the fp32 centroids, the Huffman code lengths of the cluster indices and of the position
-gaps, the two Huffman streams, and finally every other parameter (biases) as fp32.
+gaps, the two Huffman streams, and finally every other parameter (biases) as fp32. A layer that
+keeps every weight (`"dense": true` in the header) has no position stream: its gaps would all be
+1, a bit a weight for nothing; its parts are the centroids, the index code lengths and the index
+stream.
 
 `load(path, expect=...)` checks the file against what was recorded when it was written (its
 size and SHA-256 in the compression's record, the architecture it must hold) before decoding it:
@@ -60,14 +63,19 @@ def save(path: str | Path, model: nn.Module, shared: dict, arch: dict) -> int:
     payload = bytearray()
     for name, layer in shared.items():
         k = len(layer.centroids)
+        dense = bool(layer.mask.all())
         gaps, symbols = _gaps_with_fillers(layer.mask, layer.assign, filler=k)
         index_lengths = huffman.code_lengths(symbols, k + 1)
-        gap_lengths = huffman.code_lengths(gaps, 2**GAP_BITS)
-        parts = [layer.centroids.detach().numpy().astype("<f4").tobytes(), index_lengths.tobytes(),
-                 gap_lengths.tobytes(), huffman.encode(symbols, index_lengths),
-                 huffman.encode(gaps, gap_lengths)]
+        centroids = layer.centroids.detach().numpy().astype("<f4").tobytes()
+        if dense:
+            parts = [centroids, index_lengths.tobytes(), huffman.encode(symbols, index_lengths)]
+        else:
+            gap_lengths = huffman.code_lengths(gaps, 2**GAP_BITS)
+            parts = [centroids, index_lengths.tobytes(), gap_lengths.tobytes(),
+                     huffman.encode(symbols, index_lengths), huffman.encode(gaps, gap_lengths)]
         header["layers"].append({"name": name, "shape": list(layer.mask.shape), "k": k,
-                                 "entries": len(symbols), "bytes": [len(p) for p in parts]})
+                                 "entries": len(symbols), "bytes": [len(p) for p in parts],
+                                 **({"dense": True} if dense else {})})
         for part in parts:
             payload += part
     tensors = dict(model.named_parameters())
@@ -131,14 +139,21 @@ def load(path: str | Path, build: Callable[..., nn.Module] | None = None,
                     raise ValueError("file ends early (truncated)")
                 parts.append(raw[offset:offset + n])
                 offset += n
-            k = layer["k"]
+            k, size = layer["k"], int(np.prod(layer["shape"]))
             centroids = np.frombuffer(parts[0], dtype="<f4")
             index_lengths = np.frombuffer(parts[1], dtype=np.uint8)
-            gap_lengths = np.frombuffer(parts[2], dtype=np.uint8)
-            symbols = huffman.decode(parts[3], index_lengths, layer["entries"])
-            gaps = huffman.decode(parts[4], gap_lengths, layer["entries"])
-            weight = np.zeros(int(np.prod(layer["shape"])), dtype=np.float32)
-            positions = np.cumsum(gaps) - 1
+            if layer.get("dense"):  # every weight kept: no position stream
+                if len(parts) != 3 or layer["entries"] != size:
+                    raise ValueError(f"dense layer {layer['name']} has {len(parts)} parts and "
+                                     f"{layer['entries']} entries for {size} weights")
+                symbols = huffman.decode(parts[2], index_lengths, size)
+                positions = np.arange(size)
+            else:
+                gap_lengths = np.frombuffer(parts[2], dtype=np.uint8)
+                symbols = huffman.decode(parts[3], index_lengths, layer["entries"])
+                gaps = huffman.decode(parts[4], gap_lengths, layer["entries"])
+                positions = np.cumsum(gaps) - 1
+            weight = np.zeros(size, dtype=np.float32)
             real = symbols < k
             weight[positions[real]] = centroids[symbols[real]]
             state[layer["name"]] = torch.from_numpy(weight.reshape(layer["shape"]))
@@ -158,3 +173,33 @@ def load(path: str | Path, build: Callable[..., nn.Module] | None = None,
         raise CompressedFileError(f"{path}: cannot read it as a Deep Compression file ({err}); "
                                   "write it again with deep_compression.save") from None
     return model.eval()
+
+
+def header_of(raw: bytes) -> dict:
+    """The JSON header of a file's bytes."""
+    (size,) = struct.unpack_from("<I", raw, len(MAGIC))
+    return json.loads(raw[len(MAGIC) + 4:len(MAGIC) + 4 + size])
+
+
+def repack(path: str | Path, out: str | Path, expect: dict | None = None) -> int:
+    """Write the file at `path` again, at `out`, in the current layout: the same weights (each
+    layer's shared values and their assignment read back from the file), layers that keep every
+    weight without their position stream. Returns the new size; the weights are checked equal."""
+    from types import SimpleNamespace  # a layer as `save` reads it: centroids, assign, mask
+
+    raw = Path(path).read_bytes()
+    model = load(path, expect=expect)
+    params = dict(model.named_parameters())
+    shared = {}
+    for layer in header_of(raw)["layers"]:
+        weight = params[layer["name"]].detach()
+        mask = weight != 0 if not layer.get("dense") and layer["entries"] < weight.numel() \
+            else torch.ones_like(weight, dtype=torch.bool)
+        centroids, assign = torch.unique(weight[mask], return_inverse=True)
+        shared[layer["name"]] = SimpleNamespace(centroids=centroids, assign=assign, mask=mask)
+    size = save(out, model, shared, header_of(raw)["arch"])
+    again = load(out)
+    if any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(),
+                                                 strict=True)):
+        raise CompressedFileError(f"{path}: repacked, its weights changed; the file at {out} is wrong")
+    return size

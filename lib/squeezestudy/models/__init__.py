@@ -31,17 +31,18 @@ class ModelSpec:
     in_channels: int
     description: str
     batch_size: int = 256  # the batch the benchmark trains it at
-    # Micro-batch measured faster on CPU than the whole batch (0: whole batches). Training
-    # images/s, 2-core AVX2 (squeezestudy bench): one-Fire SqueezeNet at batch 256: 4,136 whole,
-    # 6,366 as 2 x 128, 5,079 as 4 x 64; SqueezeNet v1.0 at 224x224, batch 32: 14 whole, 18 as
-    # 2 x 16. LeNet and AlexNet-112 lose throughput at smaller batches.
+    # Micro-batch used on a CPU in fp32 (0: whole batches); in bf16 the batch is whole (half the
+    # bytes). Training images/s, 2-core AVX2 (squeezestudy bench): one-Fire SqueezeNet at batch
+    # 256: 4,136 whole, 6,366 as 2 x 128, 5,079 as 4 x 64; SqueezeNet v1.0 at 224x224, batch 32:
+    # 14 whole, 18 as 2 x 16. LeNet and AlexNet-112 lose throughput at smaller batches.
     cpu_micro_batch: int = 0
-    # bf16 autocast on a CPU with native bf16: worth it for big matmuls only; the tiny models
-    # are bound by memory and overhead there. (On CUDA every model uses bf16.)
+    # bf16 where the CPU runs it natively without an accuracy check: the 224x224 reference networks
+    # the study benchmarks but never trains, and AlexNet-112, the first model bf16 was used for (a
+    # checkpoint from before the choice was recorded resumes by this). On CUDA every model uses bf16.
     bf16_on_cpu: bool = False
     # bf16 runs whose mean difference from fp32 was within 0.3 points and not distinguishable from
-    # zero in notebook 06's paired check (AlexNet-112: one pair): the tuning pass may only choose
-    # bf16 for these.
+    # zero in notebook 06's paired check (AlexNet-112: one pair): bf16 is their default on a CPU
+    # with native bf16 (training.settings.static_choice), and a candidate of the tuning pass.
     bf16_checked: bool = False
     sized_by_input: bool = False  # the builder takes image_size: its classifier depends on it
 
