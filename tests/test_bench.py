@@ -90,7 +90,7 @@ def test_the_gemm_peak_is_the_best_of_several_sizes(monkeypatch):
     assert {"matmul 256", "conv1x1 256x256x14x14"} <= set(peak.rates)
     assert len(peak.rates) < len(pipelines.CPU_MATMUL_SIZES) + len(pipelines.CPU_CONV_SHAPES)
     assert peak.flops == max(peak.rates.values()) and peak.rates[peak.shape] == peak.flops
-    full = pipelines.gemm_peak(torch.device("cpu"), "fp32", threads=1, seconds=0.5, repeats=1)
+    full = pipelines.gemm_peak(torch.device("cpu"), "fp32", threads=1, seconds=1.0, repeats=1)
     assert len(full.rates) == len(pipelines.CPU_MATMUL_SIZES) + len(pipelines.CPU_CONV_SHAPES)
 
 
@@ -150,3 +150,15 @@ def test_archived_benchmarks_stay_below_the_theoretical_peak():
             ceiling = cpu.theoretical_peak(r["precision"], r["settings"]["threads"]).flops / 1e9
             assert r["train_gflop_per_image"] * r["images_per_s"] <= ceiling, (path, r["label"])
         assert "not comparable" in path.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("path", committed_benchmarks(),
+                         ids=lambda p: p.parent.name)
+def test_each_committed_table_is_its_record_rendered(path):
+    """throughput.md is bench.markdown of throughput.json, by the code of today (the GPU run's
+    record predates the peaks and is left as it was)."""
+    payload = json.loads(path.read_text())
+    if "peaks" not in payload["meta"]:
+        pytest.skip("a record from before the peaks were measured per GEMM")
+    records = [bench.Record(**r) for r in payload["records"]]
+    assert path.with_suffix(".md").read_text() == bench.markdown(records, payload["meta"])

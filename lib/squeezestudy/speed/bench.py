@@ -51,6 +51,9 @@ DEFAULT_MODELS = ("squeezenet_fmnist", "lenet", HEADLINE, "alexnet", "squeezenet
 HEAVY_GFLOP_PER_IMAGE = 0.5
 # A ratio is resolved when its rounds lie within this share of their median, either way.
 RATIO_SPREAD = 0.10
+# Where set, torch's and oneDNN's kernels were held to a lesser instruction set than the CPU's (an
+# AVX2 machine's kernels, timed on an AVX-512 one); the record says so.
+FORCED_KERNELS_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "SQUEEZESTUDY_SIMULATE_CPU")
 SMALL_MODELS = ("squeezenet_fmnist", "lenet")  # the models the 3x-naive target is for
 NAIVE_TARGET = 3.0
 
@@ -273,6 +276,9 @@ def markdown(records: list[Record], meta: dict) -> str:
     lines = [f"# Training throughput: {meta['device_name']}", "",
              f"Training throughput on {meta['cpu']} ({meta['device']}), torch {meta['torch']}; "
              f"load average {meta['load_before']:.1f} before the run, {meta['load_after']:.1f} after. "
+             + (f"Kernels held to a lesser instruction set: "
+                f"{', '.join(f'{k}={v}' for k, v in meta['forced_kernels'].items())}. "
+                if meta.get("forced_kernels") else "") +
              f"Each figure is the median of {meta['repeats']} rounds; in each round the naive "
              "pipeline and every setting ran in turn.", "",
              "## Peaks", "",
@@ -344,6 +350,7 @@ def main(args: argparse.Namespace) -> int:
             "cpu": machine.current().describe(), "cpu_kind": machine.current().cpu_kind,
             "tuned": bool(read_cache().get(machine_key(device))), "peaks": peaks.table(),
             "load_before": load_before, "load_after": os.getloadavg()[0],
+            "forced_kernels": {k: os.environ[k] for k in FORCED_KERNELS_ENV if os.environ.get(k)},
             "steps": args.steps, "repeats": args.repeats}
     payload = {"meta": meta, "records": [r.__dict__ for r in records],
                "defaults": default_verdicts(records)}
