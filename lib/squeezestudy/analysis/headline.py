@@ -23,6 +23,9 @@ HEADLINE_RUNS = r"headline-b96-s\d+"  # the three seeds of the headline recipe
 REGULARISED_RUNS = r"headline-b96aug-s\d+"  # the same network, AlexNet-112's regularisation
 REGULARISED_60_RUNS = r"headline-b96aug60-s\d+"  # the regularised recipe, 60 epochs
 BATCH_NORM_RUNS = r"headline-bn-s\d+"  # the labelled variant: batch norm after each squeeze
+# The second round's chosen recipe (docs/headline-search.md): 120 epochs, trained sealed, its test
+# split opened once for its three seeds after it was frozen (`squeezestudy unseal`).
+SECOND_ROUND_RUNS = r"headline2-e120-s\d+"
 # The recipes tried on the headline network, in the order tried (the pattern of their seeds: the
 # runs of profile `headline`); each is judged on validation by its seed-0 run.
 RECIPES = {

@@ -13,6 +13,7 @@ from squeezestudy.analysis.results import select
 from squeezestudy.report.markdown import markdown_table, runs_matching, trained_on
 from squeezestudy.report.records import HEADLINE_COMPRESSION_TABLE
 
+SECOND = "headline, second round (120 epochs, test sealed until frozen)"
 # (label a, pattern a, label b, pattern b): every comparison the README's prose draws.
 COMPARISONS = [
     ("AlexNet-112", ALEXNET_RUNS, "one-Fire SqueezeNet", r"squeezenet_fmnist-s\d+"),
@@ -43,6 +44,8 @@ COMPARISONS = [
     ("headline, 60-epoch regularised", headline.REGULARISED_60_RUNS, "LeNet", r"lenet-s\d+"),
     ("batch-norm variant", headline.BATCH_NORM_RUNS, "regularised recipe", headline.REGULARISED_RUNS),
     ("batch-norm variant", headline.BATCH_NORM_RUNS, "60-epoch regularised", headline.REGULARISED_60_RUNS),
+    (SECOND, headline.SECOND_ROUND_RUNS, "AlexNet-112", ALEXNET_RUNS),
+    (SECOND, headline.SECOND_ROUND_RUNS, "60-epoch regularised", headline.REGULARISED_60_RUNS),
 ]
 
 
@@ -110,14 +113,15 @@ def claims_table(runs: pd.DataFrame) -> str:
     def row(claim: str, evidence: str, verdict: str) -> dict:
         return {"the paper's claim": claim, "this study (Fashion-MNIST)": evidence, "verdict": verdict}
 
-    chosen = runs_matching(headline.REGULARISED_60_RUNS, runs)
+    chosen = runs_matching(headline.SECOND_ROUND_RUNS, runs)
     alexnet = runs_matching(ALEXNET_RUNS, runs)
-    c, p = holm[("headline, 60-epoch regularised", "AlexNet-112")]
+    c, p = holm[(SECOND, "AlexNet-112")]
     rows = [row("AlexNet-level accuracy with 50x fewer parameters",
                 f"{int(chosen.params.iloc[0]):,} parameters "
-                f"({alexnet.params.iloc[0] / chosen.params.iloc[0]:.0f}x fewer): "
-                f"{stats.mean_std(chosen.test_acc)}% (n = {len(chosen)}) against AlexNet-112's "
-                f"{stats.mean_std(alexnet.test_acc)}% (n = {len(alexnet)}); difference {_said(c, p)}",
+                f"({alexnet.params.iloc[0] / chosen.params.iloc[0]:.0f}x fewer), 120 epochs, the test "
+                f"split sealed until the recipe was frozen: {stats.mean_std(chosen.test_acc)}% "
+                f"(n = {len(chosen)}) against AlexNet-112's {stats.mean_std(alexnet.test_acc)}% "
+                f"(n = {len(alexnet)}); difference {_said(c, p)}",
                 _level_verdict(c, p))]
     files = pd.read_csv(HEADLINE_COMPRESSION_TABLE)
     deep = files[files.compression.str.startswith("Deep Compression")]
@@ -165,9 +169,12 @@ def search_table(runs: pd.DataFrame) -> str:
              "helps (≥ +0.2)": "", "test": "known (first round)"}]
     for r in found.sort_values("run").itertuples():
         gain = 100 * (r.val_acc - base)
+        candidate = r.run.endswith("-s0")  # the rule reads seed 0; seeds 1-2 are the chosen recipe's
         rows.append({"run": f"`{r.run}`", "parameters": f"{int(r.params):,}", "epochs": int(r.epochs),
-                     "validation": f"{100 * r.val_acc:.2f}", "against base, points": f"{gain:+.2f}",
-                     "helps (≥ +0.2)": "yes" if gain >= HELPS_POINTS else "no",
+                     "validation": f"{100 * r.val_acc:.2f}",
+                     "against base, points": f"{gain:+.2f}" if candidate else "",
+                     "helps (≥ +0.2)": ("yes" if gain >= HELPS_POINTS else "no") if candidate
+                     else "(a seed of the chosen recipe)",
                      "test": "sealed" if pd.isna(r.test_acc) else f"{100 * r.test_acc:.2f} (unsealed)"})
     return markdown_table(pd.DataFrame(rows), "lrrrrll")
 
@@ -178,6 +185,7 @@ HEADLINE_VARIANTS = {
     **{pattern: f"same network, {recipe} recipe" for pattern, recipe in headline.RECIPES.items()
        if pattern != HEADLINE_RUNS},
     headline.BATCH_NORM_RUNS: "same network + batch norm after each squeeze (outside the paper's family)",
+    headline.SECOND_ROUND_RUNS: "same network, second round: 120 epochs, test sealed until frozen",
 }
 
 
