@@ -188,16 +188,17 @@ def repack(path: str | Path, out: str | Path, expect: dict | None = None) -> int
     from types import SimpleNamespace  # a layer as `save` reads it: centroids, assign, mask
 
     raw = Path(path).read_bytes()
+    header = header_of(raw)
     model = load(path, expect=expect)
     params = dict(model.named_parameters())
     shared = {}
-    for layer in header_of(raw)["layers"]:
+    for layer in header["layers"]:
         weight = params[layer["name"]].detach()
         mask = weight != 0 if not layer.get("dense") and layer["entries"] < weight.numel() \
             else torch.ones_like(weight, dtype=torch.bool)
         centroids, assign = torch.unique(weight[mask], return_inverse=True)
         shared[layer["name"]] = SimpleNamespace(centroids=centroids, assign=assign, mask=mask)
-    size = save(out, model, shared, header_of(raw)["arch"])
+    size = save(out, model, shared, header["arch"])
     again = load(out)
     if any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(),
                                                  strict=True)):
