@@ -152,17 +152,17 @@ class Peaks:
             if again.flops > first.flops:
                 self.measured[key] = again
 
+    def _theory(self, key: tuple[str, int]) -> machine.Peak | None:
+        return machine.current().theoretical_peak(*key) if self.device.type == "cpu" else None
+
     def theoretical(self, key: tuple[str, int]) -> float | None:
-        if self.device.type != "cpu":
-            return None
-        peak = machine.current().theoretical_peak(*key)
+        peak = self._theory(key)
         return peak.flops if peak else None
 
     def table(self) -> list[dict]:
         rows = []
         for (precision, threads), p in sorted(self.measured.items()):
-            theory = machine.current().theoretical_peak(precision, threads) \
-                if self.device.type == "cpu" else None
+            theory = self._theory((precision, threads))
             rows.append({"precision": precision, "threads": threads, "gflops": p.flops / 1e9,
                          "shape": p.shape, "rates": {k: v / 1e9 for k, v in p.rates.items()},
                          "theoretical_gflops": theory.flops / 1e9 if theory else None,
