@@ -141,6 +141,27 @@ def test_a_gain_within_the_scatter_of_the_rounds_keeps_the_current_setting(cache
     assert entry["images_per_s"] == 110 and entry["default_images_per_s"] == 100
 
 
+def test_a_walk_whose_confirmation_fails_keeps_the_default(cache, monkeypatch):
+    """The walk moves to micro-batch 128 on every round, but timed once more against the default
+    it no longer wins every round: the default is kept, and where the walk ended is recorded."""
+    def fake_measure(model, choices, dataset, device, batch_size, seconds):
+        confirming = sorted(c.micro_batch for c in choices) == [0, 128]  # the default and the walk's end
+
+        def rounds(c):
+            if c.micro_batch == 128:
+                return [99, 104, 109] if confirming else [120, 121, 122]
+            return [100, 101, 102] if c.threads == torch.get_num_threads() else [50, 51, 52]
+        return [rounds(c) for c in choices]
+
+    monkeypatch.setattr(tune, "measure", fake_measure)
+    from squeezestudy.core import machine
+
+    with machine.simulate("avx2"):  # fp32 default: no precision axis
+        entry = tune.tune_model("lenet", None, CPU, echo=lambda *a: None)
+    assert entry["walked"]["micro_batch"] == 128 and entry["groups"][-1]["axis"] == "confirm"
+    assert entry["choice"] == entry["default"] and entry["speedup"] == 1
+
+
 def test_bf16_is_a_candidate_only_where_native_and_checked(cpu_kind):
     base = settings.Choice("fp32", True, 0, 2)
 
@@ -187,8 +208,10 @@ def test_real_measurement_of_a_tiny_run(small_fashion_mnist, cache):
                                                                        "micro_batch", "threads"]
     timed = [g["axis"] for g in entry["groups"] if g["axis"] != "confirm"]
     assert timed == axes[:len(timed)] and len(timed) >= 2
-    moved = entry["choice"] != entry["default"]  # then timed against the default at the end
-    assert [g["axis"] for g in entry["groups"]].count("confirm") == int(moved)
+    moved = entry["choice"] != entry["default"]
+    walked = entry["walked"] != entry["default"]  # then timed against the default at the end,
+    assert [g["axis"] for g in entry["groups"]].count("confirm") == int(walked)
+    assert not moved or entry["choice"] == entry["walked"]  # and kept only if it won again
     for group in entry["groups"]:  # each group holds its current setting and a rate for each value
         rates = {tuple(r[k] for k in settings.SETTINGS): r["images_per_s"] for r in group["rates"]}
         assert all(rate > 0 for rate in rates.values())

@@ -155,7 +155,8 @@ def tune_model(model: str, dataset, device: torch.device, batch_size: int | None
     one of its rounds beat every round of the current one (stats.every_round_faster). A choice
     other than the default is timed against the default once more (`confirm`) and kept only if
     it wins every round again. Past `deadline` (time.monotonic()) no further setting is tried.
-    Returns the cache entry: the choice, the speed-up measured in the same rounds, every group
+    Returns the cache entry: the choice (and `walked`, where the walk ended before the
+    confirmation), the speed-up measured in the same rounds, every group
     timed with every round, and `quiet` False (with `why`) when the default's rounds spread more
     than MAX_SPREAD: such an entry is not cached."""
     batch_size = batch_size or spec(model).batch_size
@@ -187,6 +188,7 @@ def tune_model(model: str, dataset, device: torch.device, batch_size: int | None
             fastest = max(candidates, key=lambda c: statistics.median(rounds[c]))
             if every_round_faster(rounds[fastest], rounds[current]):
                 current = fastest
+    walked = current  # where the walk ended; kept only if the confirmation holds
     if current != default or not default_rounds:  # the speed-up, measured in the same rounds
         rounds = time_together("confirm", list(dict.fromkeys([default, current])))
         default_rounds.append(rounds[default])
@@ -199,7 +201,8 @@ def tune_model(model: str, dataset, device: torch.device, batch_size: int | None
     worst = sorted(default_rounds, key=spread)[len(default_rounds) // 2]  # the median group
     quiet = spread(worst) <= MAX_SPREAD
     return {"choice": dataclasses.asdict(current), "images_per_s": rates[current],
-            "default": dataclasses.asdict(default), "default_images_per_s": rate_default,
+            "default": dataclasses.asdict(default), "walked": dataclasses.asdict(walked),
+            "default_images_per_s": rate_default,
             "speedup": rates[current] / rate_default,
             "rule": "every round faster, twice", "groups": groups, "quiet": quiet,
             "why": "" if quiet else (
