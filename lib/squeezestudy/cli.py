@@ -150,6 +150,14 @@ def _cmd_unseal(args) -> int:
 def _cmd_deep_compression(args) -> int:
     from squeezestudy.compression.grid import parse_setting, run_grid
 
+    if args.grid == "layers":
+        from squeezestudy.compression import layer_search
+
+        if not args.run:
+            raise ValueError("the layers round compresses a finished run: name it, e.g. "
+                             "`squeezestudy deep-compression layers headline2-e120-s0`")
+        layer_search.run(args.run, only=args.only, jobs=args.jobs)
+        return 0
     run_grid(args.grid, args.run, jobs=args.jobs, only=parse_setting(args.only) if args.only else None)
     return 0
 
@@ -284,9 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("deep-compression", help="the Deep Compression grids of notebooks 11 and 12")
-    p.add_argument("grid", choices=["one-fire", "headline", "run", "long", "500x"])
-    p.add_argument("run", nargs="?", help="the finished run to compress (grids run, long and 500x)")
-    p.add_argument("--only", metavar="KEPT,BITS", help="one setting of the grid, e.g. 0.6,5")
+    p.add_argument("grid", choices=["one-fire", "headline", "run", "long", "500x", "layers"])
+    p.add_argument("run", nargs="?", help="the finished run to compress (grids run, long, 500x, layers)")
+    p.add_argument("--only", metavar="SETTING", help="one setting of the grid: KEPT,BITS such as 0.6,5; "
+                                                     "for layers a name such as layers-i3-4bit")
     p.add_argument("--jobs", type=int, default=2, help="lanes of recipes at a time, one thread each")
     p.set_defaults(func=_cmd_deep_compression)
 

@@ -45,18 +45,35 @@ def weight_names(model: nn.Module) -> list[str]:
 
 # --- stage 1: pruning --------------------------------------------------------------------------
 
-def magnitude_masks(model: nn.Module, density: float) -> dict[str, torch.Tensor]:
-    """Per layer, keep the `density` share of weights with the largest magnitude (at least one)."""
-    if not 0 < density <= 1:
+def magnitude_masks(model: nn.Module, density: float | dict[str, float]) -> dict[str, torch.Tensor]:
+    """Per layer, keep the `density` share of weights with the largest magnitude (at least one);
+    `density` is one share for every layer, or a share per layer name (per-layer sparsity)."""
+    names = weight_names(model)
+    shares = density if isinstance(density, dict) else dict.fromkeys(names, density)
+    if set(shares) != set(names):
+        raise ValueError(f"a share kept is needed for every compressed layer: missing "
+                         f"{sorted(set(names) - set(shares))}, unknown {sorted(set(shares) - set(names))}")
+    if not all(0 < d <= 1 for d in shares.values()):
         raise ValueError(f"density must be in (0, 1], got {density}")
     params = dict(model.named_parameters())
-    masks = {}
-    for name in weight_names(model):
-        w = params[name].detach().abs().flatten()
-        keep = max(1, round(density * w.numel()))
-        threshold = torch.topk(w, keep).values[-1]
-        masks[name] = (params[name].detach().abs() >= threshold)
-    return masks
+    return {name: layer_mask(params[name], shares[name]) for name in names}
+
+
+def layer_mask(weight: torch.Tensor, density: float) -> torch.Tensor:
+    """The `density` share of one tensor's weights with the largest magnitude (at least one)."""
+    w = weight.detach().abs()
+    keep = max(1, round(density * w.numel()))
+    return w >= torch.topk(w.flatten(), keep).values[-1]
+
+
+def schedule(density: float | dict[str, float], steps: int) -> list[float | dict[str, float]]:
+    """Iterative pruning (Han et al., 2015): the shares kept after each of `steps` rounds of
+    pruning and retraining, falling geometrically from 1 to `density` (per layer if a dict)."""
+    if steps < 1:
+        raise ValueError(f"prune_steps must be at least 1, got {steps}")
+    if isinstance(density, dict):
+        return [{n: d ** (k / steps) for n, d in density.items()} for k in range(1, steps + 1)]
+    return [density ** (k / steps) for k in range(1, steps + 1)]
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -175,28 +192,45 @@ def storage(shared: dict[str, SharedLayer], model: nn.Module) -> dict:
     return {"weights": total, "kept": kept, "density": kept / total, "other_params": others}
 
 
-def compress(model: nn.Module, train: Batches, density: float, bits: int, prune_epochs: int = 2,
-             share_epochs: int = 1, lr: float = 1e-4, seed: int = 0, label_smoothing: float = 0.0,
-             log: Callable[[str], None] = lambda _: None) -> dict[str, SharedLayer]:
-    """The three stages on `model` (changed in place): prune to `density` and retrain, share
-    weights in 2^bits clusters per layer and retrain the shared values. Returns what `save` stores."""
-    masks = magnitude_masks(model, density)
-    apply_masks(model, masks)
-    retrain(model, train, prune_epochs, lr, masks=masks, seed=seed, label_smoothing=label_smoothing, log=log)
+def compress(model: nn.Module, train: Batches, density: float | dict[str, float], bits: int,
+             prune_epochs: int = 2, share_epochs: int = 1, lr: float = 1e-4, seed: int = 0,
+             label_smoothing: float = 0.0, log: Callable[[str], None] = lambda _: None,
+             prune_steps: int = 1) -> dict[str, SharedLayer]:
+    """The three stages on `model` (changed in place): prune to `density` (one share, or one per
+    layer) and retrain, in `prune_steps` rounds that share `prune_epochs` evenly (1: one-shot);
+    share weights in 2^bits clusters per layer and retrain the shared values. Returns what `save`
+    stores."""
+    if prune_epochs % prune_steps:
+        raise ValueError(f"{prune_epochs} epochs of retraining do not split evenly into {prune_steps} "
+                         "pruning steps")
+    for step, share in enumerate(schedule(density, prune_steps)):
+        masks = magnitude_masks(model, share)  # pruned weights are zero: they stay pruned
+        apply_masks(model, masks)
+        if prune_steps > 1:
+            log(f"pruning step {step + 1}/{prune_steps}: {kept_share(masks):.1%} of the weights kept")
+        retrain(model, train, prune_epochs // prune_steps, lr, masks=masks, seed=seed + 100 * step,
+                label_smoothing=label_smoothing, log=log)
     shared = share_weights(model, masks, bits)
     retrain(model, train, share_epochs, lr, masks=masks, shared=shared, seed=seed + 1,
             label_smoothing=label_smoothing, log=log)
     return shared
 
 
-def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: float, bits: int,
-                 out_dir: str | Path, prune_epochs: int = 2, share_epochs: int = 1, lr: float = 1e-4,
-                 seed: int = 0, augment: bool = False, label_smoothing: float = 0.0, dataset=None,
-                 log: Callable[[str], None] = print, sealed: bool = False) -> dict:
+def kept_share(masks: dict[str, torch.Tensor]) -> float:
+    return sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+
+
+def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: float | dict[str, float],
+                 bits: int, out_dir: str | Path, prune_epochs: int = 2, share_epochs: int = 1,
+                 lr: float = 1e-4, seed: int = 0, augment: bool = False, label_smoothing: float = 0.0,
+                 dataset=None, log: Callable[[str], None] = print, sealed: bool = False,
+                 prune_steps: int = 1, tag: str | None = None) -> dict:
     """Deep-compress a trained model's fp32 state dict (`weights`) and record, from the file read
     back: its size, and validation and test accuracy. Writes `<name>.sqdc` and `<name>.json`.
     `augment` and `label_smoothing`: the retraining uses the model's own recipe's. `sealed`: a
-    search run, chosen on validation: no test accuracy is computed (null in the record)."""
+    search run, chosen on validation: no test accuracy is computed (null in the record).
+    `density` per layer (a dict) needs a `tag` to name the file (`<run>-dc-<tag>-<bits>bit`);
+    `prune_steps` > 1: iterative pruning (`compress`)."""
     from squeezestudy.data import fashion_mnist as fmnist
     from squeezestudy.models import build
     from squeezestudy.training.evaluate import evaluate
@@ -216,10 +250,12 @@ def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: f
 
     before = {"val_acc": evaluate(net, batches(dataset.val, False))[1], "test_acc": test_acc(net)}
     shared = compress(net, batches(dataset.train, True), density, bits, prune_epochs, share_epochs, lr,
-                      seed, label_smoothing, log)
+                      seed, label_smoothing, log, prune_steps=prune_steps)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{Path(weights).stem.removesuffix('-fp32')}-dc-d{density:g}-{bits}bit"
+    if isinstance(density, dict) and not tag:
+        raise ValueError("a share kept per layer needs a tag to name its file")
+    name = f"{Path(weights).stem.removesuffix('-fp32')}-dc-{tag or f'd{density:g}'}-{bits}bit"
     size = save(out_dir / f"{name}.sqdc", net, shared, {"model": model, "kwargs": kwargs})
     loaded = load(out_dir / f"{name}.sqdc")
     digest = hashlib.sha256((out_dir / f"{name}.sqdc").read_bytes()).hexdigest()
@@ -228,7 +264,9 @@ def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: f
               "augment": augment, "label_smoothing": label_smoothing,
               "file_bytes": size, "file_sha256": digest, "uncompressed": before,
               "val_acc": evaluate(loaded, batches(dataset.val, False))[1],
-              "test_acc": test_acc(loaded), "sealed": sealed, **storage(shared, net)}
+              "test_acc": test_acc(loaded), "sealed": sealed, **storage(shared, net),
+              **({"prune_steps": prune_steps} if prune_steps > 1 else {}),
+              **({"layer_density": density, "setting": tag} if isinstance(density, dict) else {})}
     fileio.write_text(out_dir / f"{name}.json", json.dumps(record, indent=2) + "\n")
     test = "test sealed" if sealed else f"test {record['test_acc']:.4f} (was {before['test_acc']:.4f})"
     log(f"{name}: {size:,} bytes, val {record['val_acc']:.4f} (was {before['val_acc']:.4f}), {test}")
