@@ -127,3 +127,21 @@ def test_the_500x_search_takes_the_smallest_file_under_the_line_within_half_a_po
     assert chosen is None and "500x is not reached" in verdict and "d, 230,000 bytes (430x, -0.20" in verdict
     table, chosen, verdict = headline.file_search(records.assign(val_change=-1.0), 197_968)
     assert chosen is None and "no setting is within 0.5 points" in verdict
+
+
+def test_the_third_rounds_files_hold_only_with_every_file_under_and_the_interval_within():
+    import pandas as pd
+
+    from squeezestudy.analysis import headline
+
+    def files(sizes, changes):
+        return pd.DataFrame({"file_bytes": sizes, "uncompressed_test_acc": [0.93] * 3,
+                             "test_acc": [0.93 + c / 100 for c in changes]})
+
+    goal = 197_968.4
+    _, change, verdict = headline.files_hold(files([195_000, 195_100, 194_900], [-0.1, -0.2, -0.15]), goal)
+    assert change.n_a == 3 and verdict.endswith("500x holds")
+    _, _, verdict = headline.files_hold(files([195_000, 198_000, 194_900], [-0.1, -0.2, -0.15]), goal)
+    assert "not all at most 197,968" in verdict and verdict.endswith("does not hold")
+    _, change, verdict = headline.files_hold(files([195_000, 195_100, 194_900], [0.1, -0.6, -0.3]), goal)
+    assert change.low < -0.005 and verdict.endswith("is not shown")  # mean -0.27, interval below -0.5

@@ -140,3 +140,47 @@ def test_the_round_runs_its_settings_with_seed_0s_allocation(tmp_path, monkeypat
         layer_search.run("headline2-e120-s1", only="layers-3bit", out_dir=tmp_path)
     with pytest.raises(ValueError, match="is not a seed"):
         layer_search.seed0("headline2")
+
+
+def test_unsealing_the_chosen_files_opens_the_test_split_once(tmp_path, monkeypatch):
+    """The three files of the chosen setting, read back and checked against their records, get
+    their test accuracy once; a missing seed stops before any file is opened."""
+    from squeezestudy.core import paths
+    from squeezestudy.data import fashion_mnist as data
+
+    full = data.load()
+    small = data.FashionMNIST(full.train.subset(256), full.val.subset(100), full.test.subset(100), Path("."))
+    runs = tmp_path / "runs"
+    records = []
+    for seed in range(3):
+        net = model()
+        masks = dc.magnitude_masks(net, 0.5)
+        dc.apply_masks(net, masks)
+        shared = dc.share_weights(net, masks, 4)
+        name = f"rec-s{seed}-dc-layers-i3-4bit"
+        size = dc.save(tmp_path / f"{name}.sqdc", net, shared, ARCH)
+        record = {"name": name, "model": ARCH["model"], "file_bytes": size, "val_acc": 0.9,
+                  "test_acc": None, "sealed": True}
+        records.append(record)
+        (runs / f"rec-s{seed}").mkdir(parents=True)
+        (runs / f"rec-s{seed}" / "metrics.json").write_text(json.dumps({"test_acc": 0.93}))
+    monkeypatch.setattr(paths, "RUNS_DIR", runs)
+    from squeezestudy.training import rundir
+
+    monkeypatch.setattr(rundir, "read_metrics", lambda p: json.loads(Path(p).read_text()))  # a stub run
+    log = tmp_path / "unsealed.csv"
+    kwargs = {"recipe": "rec", "out_dir": tmp_path, "log": log, "dataset": small, "echo": lambda *a: None}
+    (tmp_path / "rec-s0-dc-layers-i3-4bit.json").write_text(json.dumps(records[0]))
+    with pytest.raises(FileNotFoundError, match="rec-s1-dc-layers-i3-4bit.json, rec-s2"):
+        layer_search.unseal("layers-i3-4bit", **kwargs)
+    for record in records[1:]:
+        (tmp_path / f"{record['name']}.json").write_text(json.dumps(record))
+    opened = layer_search.unseal("layers-i3-4bit", **kwargs)
+    assert all(0 <= r["test_acc"] <= 1 and r["uncompressed_test_acc"] == 0.93 and r["unsealed_at"]
+               for r in opened)
+    assert json.loads((tmp_path / "rec-s2-dc-layers-i3-4bit.json").read_text()) == opened[2]
+    assert len(log.read_text().splitlines()) == 4  # header and one line a file
+    said = []
+    again = layer_search.unseal("layers-i3-4bit", **{**kwargs, "echo": said.append})
+    assert again == opened and all("opened once" in line for line in said)
+    assert len(log.read_text().splitlines()) == 4

@@ -59,3 +59,20 @@ def test_style_restores_only_its_own_settings():
         assert matplotlib.is_interactive() == (not before)
     finally:
         matplotlib.interactive(before)
+
+
+def test_the_sensitivity_heatmap_outlines_the_allocation(tmp_path):
+    from squeezestudy.analysis import plots
+
+    scan = pd.DataFrame([{"layer": f"features.fire{i}.squeeze.weight", "weights": 100 * i, "density": d,
+                          "drop_points": (5 - i) * (1 - d)} for i in (2, 3) for d in (0.5, 0.9)])
+    shares = {"features.fire2.squeeze.weight": 0.9, "features.fire3.squeeze.weight": 0.5}
+    fig = plots.sensitivity(scan, shares, path=tmp_path / "scan.png")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["fire2.squeeze (200)", "fire3.squeeze (300)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["50%", "90%"]
+    outlined = sorted(p.get_xy() for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle)
+                      and not p.get_fill())
+    assert outlined == [(0, 1), (1, 0)]  # fire2 at 90% (column 1, row 0), fire3 at 50%
+    assert (tmp_path / "scan.png").stat().st_size > 0
+    plt.close(fig)

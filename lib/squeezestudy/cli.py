@@ -158,6 +158,14 @@ def _cmd_deep_compression(args) -> int:
                              "`squeezestudy deep-compression layers headline2-e120-s0`")
         layer_search.run(args.run, only=args.only, jobs=args.jobs)
         return 0
+    if args.grid == "unseal":
+        from squeezestudy.compression import layer_search
+
+        if not args.run:
+            raise ValueError("name the setting whose three files to open, e.g. "
+                             "`squeezestudy deep-compression unseal layers-i3-4bit`")
+        layer_search.unseal(args.run)
+        return 0
     run_grid(args.grid, args.run, jobs=args.jobs, only=parse_setting(args.only) if args.only else None)
     return 0
 
@@ -292,8 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("deep-compression", help="the Deep Compression grids of notebooks 11 and 12")
-    p.add_argument("grid", choices=["one-fire", "headline", "run", "long", "500x", "layers"])
-    p.add_argument("run", nargs="?", help="the finished run to compress (grids run, long, 500x, layers)")
+    p.add_argument("grid", choices=["one-fire", "headline", "run", "long", "500x", "layers",
+                                         "unseal"])
+    p.add_argument("run", nargs="?", help="the finished run to compress (grids run, long, 500x, layers); "
+                                                  "for unseal, the third round's chosen setting")
     p.add_argument("--only", metavar="SETTING", help="one setting of the grid: KEPT,BITS such as 0.6,5; "
                                                      "for layers a name such as layers-i3-4bit")
     p.add_argument("--jobs", type=int, default=2, help="lanes of recipes at a time, one thread each")

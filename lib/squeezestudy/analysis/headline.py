@@ -194,3 +194,29 @@ def file_search(records: pd.DataFrame, goal_bytes: float) -> tuple[pd.DataFrame,
     chosen = qualifying.loc[qualifying.file_bytes.idxmin()]
     return table, chosen, (f"chosen on validation: {chosen['name']}, {chosen.file_bytes:,} bytes "
                            f"({chosen.val_change:+.2f} points); its seeds 1 and 2 follow (stage B)")
+
+
+def files_hold(records: pd.DataFrame, goal_bytes: float) -> tuple[pd.DataFrame, stats.Comparison, str]:
+    """The third round's stage D (docs/headline-search.md): the chosen setting's files on three
+    seeds, their test accuracy opened once (`deep-compression unseal`). FILE_RATIO x holds if every
+    file is at most `goal_bytes` and the 95% interval of the paired test change (file against its
+    uncompressed run) lies at or above -MAX_FILE_VAL_DROP points. Returns the files, the paired
+    comparison and the verdict in words."""
+    files = records.assign(change_points=100 * (records.test_acc - records.uncompressed_test_acc),
+                           under_line=records.file_bytes <= math.floor(goal_bytes))
+    change = stats.paired(files.change_points / 100, "test change of the compressed files")
+    all_under = bool(files.under_line.all())
+    low = 100 * change.low
+    size = (f"{len(files)} files of {files.file_bytes.min():,}-{files.file_bytes.max():,} bytes "
+            f"({FILE_RATIO * goal_bytes / files.file_bytes.max():.0f}x or more), "
+            + ("all" if all_under else "not all") + f" at most {math.floor(goal_bytes):,}")
+    if not all_under:
+        verdict = f"{size}: {FILE_RATIO}x does not hold"
+    elif low >= -MAX_FILE_VAL_DROP:
+        verdict = (f"{size}; test change {100 * change.diff:+.2f} points, 95% CI [{low:+.2f}, "
+                   f"{100 * change.high:+.2f}], at or above -{MAX_FILE_VAL_DROP}: {FILE_RATIO}x holds")
+    else:
+        verdict = (f"{size}; test change {100 * change.diff:+.2f} points, 95% CI [{low:+.2f}, "
+                   f"{100 * change.high:+.2f}], reaching below -{MAX_FILE_VAL_DROP}: "
+                   f"{FILE_RATIO}x within {MAX_FILE_VAL_DROP} points is not shown")
+    return files, change, verdict

@@ -276,3 +276,30 @@ def headline(points: pd.DataFrame, files: pd.DataFrame, alexnet: tuple[float, fl
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return save(fig, path)
+
+
+@styled
+def sensitivity(scan: pd.DataFrame, shares: dict[str, float] | None = None,
+                path: str | Path | None = None) -> plt.Figure:
+    """Han et al.'s sensitivity scan as a heatmap: each layer (rows, in the network's order, with
+    its weight count) pruned alone to each share kept (columns), the validation accuracy lost in
+    points, no retraining. `shares`: the allocation's share per layer, outlined."""
+    order = list(dict.fromkeys(scan.layer))
+    grid = scan.pivot(index="layer", columns="density", values="drop_points").loc[order]
+    weights = scan.drop_duplicates("layer").set_index("layer").weights.loc[order]
+    grid.index = [f"{name.removeprefix('features.').replace('.fire.', '.').removesuffix('.weight')} "
+                  f"({weights[name]:,})" for name in order]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(order) + 1.5))
+    sns.heatmap(grid.clip(lower=0), ax=ax, cmap="rocket_r", vmin=0, vmax=3, annot=grid.round(1),
+                fmt="g", annot_kws={"size": 7}, cbar_kws={"label": "validation points lost (3 or more)"})
+    ax.set_xticklabels([f"{float(t.get_text()):.0%}" for t in ax.get_xticklabels()])
+    if shares:
+        columns = list(grid.columns)
+        for row, name in enumerate(order):
+            if shares[name] in columns:
+                ax.add_patch(plt.Rectangle((columns.index(shares[name]), row), 1, 1, fill=False,
+                                           edgecolor="deepskyblue", lw=2))
+    ax.set(xlabel="share of the layer's weights kept (that layer alone)", ylabel="",
+           title="which layers can lose weights: the sensitivity scan")
+    fig.tight_layout()
+    return save(fig, path)

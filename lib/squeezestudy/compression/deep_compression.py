@@ -266,7 +266,8 @@ def compress_run(weights: str | Path, model: str, model_kwargs: dict, density: f
               "val_acc": evaluate(loaded, batches(dataset.val, False))[1],
               "test_acc": test_acc(loaded), "sealed": sealed, **storage(shared, net),
               **({"prune_steps": prune_steps} if prune_steps > 1 else {}),
-              **({"layer_density": density, "setting": tag} if isinstance(density, dict) else {})}
+              **({"setting": tag} if tag else {}),
+              **({"layer_density": density} if isinstance(density, dict) else {})}
     fileio.write_text(out_dir / f"{name}.json", json.dumps(record, indent=2) + "\n")
     test = "test sealed" if sealed else f"test {record['test_acc']:.4f} (was {before['test_acc']:.4f})"
     log(f"{name}: {size:,} bytes, val {record['val_acc']:.4f} (was {before['val_acc']:.4f}), {test}")

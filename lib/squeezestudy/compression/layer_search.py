@@ -146,3 +146,57 @@ def run(run_name: str, only: str | None = None, jobs: int = 2, out_dir: Path = O
             names = [n for lane in pool.map(_lane, *zip(*args, strict=True)) for n in lane]
     echo(f"recorded: {', '.join(names) or 'nothing new'}")
     return names
+
+
+SEEDS = 3
+
+
+def unseal(setting: str, recipe: str = "headline2-e120", out_dir: Path = OUT_DIR, log: Path | None = None,
+           dataset=None, echo=print) -> list[dict]:
+    """Stage D's end: the test accuracy of the chosen setting's three files, read back from the
+    files, opened once. Each record gets `test_acc`, `uncompressed_test_acc` (its run's, already
+    unsealed) and `unsealed_at`; a line goes to outputs/unsealed.csv. Every file is checked before
+    any is opened; one opened already is not opened again."""
+    import time
+
+    from squeezestudy.compression import deep_compression as dc
+    from squeezestudy.core.paths import RUNS_DIR
+    from squeezestudy.data import fashion_mnist as fmnist
+    from squeezestudy.runs import sealed
+    from squeezestudy.training.evaluate import evaluate
+    from squeezestudy.training.rundir import read_metrics
+
+    if setting not in SETTINGS:
+        raise ValueError(f"{setting}: not a setting of this round; use one of {', '.join(SETTINGS)}")
+    paths = [Path(out_dir) / f"{recipe}-s{seed}-dc-{setting}.json" for seed in range(SEEDS)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)} not recorded: compress every seed first "
+                                f"(`squeezestudy deep-compression layers {recipe}-sN --only {setting}`)")
+    records = [json.loads(p.read_text()) for p in paths]
+    for record in records:
+        if not record.get("sealed"):
+            raise sealed.SealError(f"{record['name']} was not compressed sealed: nothing to unseal")
+    out = []
+    for path, record in zip(paths, records, strict=True):
+        if record.get("unsealed_at"):
+            echo(f"{record['name']}: unsealed already at {record['unsealed_at']} (test "
+                 f"{record['test_acc']:.4f}); the test split is opened once")
+            out.append(record)
+            continue
+        dataset = dataset if dataset is not None else fmnist.load()
+        mean, std = dataset.mean_std()
+        model = dc.load(path.with_suffix(".sqdc"), expect=dc.expectation(record))
+        test_loss, test_acc = evaluate(model, fmnist.Batches(dataset.test, 1000, mean=mean, std=std))
+        run = record["name"].split("-dc-")[0]
+        uncompressed = read_metrics(RUNS_DIR / run / "metrics.json")["test_acc"]
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        record = {**record, "test_acc": test_acc, "uncompressed_test_acc": uncompressed, "unsealed_at": stamp}
+        fileio.write_text(path, json.dumps(record, indent=2) + "\n")
+        sealed._append(Path(log or sealed.UNSEAL_LOG), {"run": record["name"], "unsealed_at": stamp,
+                                                        "val_acc": record["val_acc"], "test_acc": test_acc,
+                                                        "test_loss": test_loss})
+        echo(f"{record['name']}: {record['file_bytes']:,} bytes, test {test_acc:.4f} (uncompressed "
+             f"{uncompressed:.4f}), unsealed {stamp}")
+        out.append(record)
+    return out

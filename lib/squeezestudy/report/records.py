@@ -47,6 +47,63 @@ def file_search_table(runs: pd.DataFrame) -> str:
     return markdown_table(pd.DataFrame(rows), "lrrrlll")
 
 
+LAYER_SEARCH_RECIPE = "headline2-e120"  # the third 500x round compressed this recipe's seeds
+
+
+def layer_search_table(runs: pd.DataFrame) -> str:
+    """The third 500x round on seed 0 (sealed, validation only): the five settings against the
+    line and the rule, from their records."""
+    from squeezestudy.compression import deep_compression
+
+    source = f"{LAYER_SEARCH_RECIPE}-s0"
+    try:
+        records = deep_compression.records(OUTPUTS / "deep_compression", source, sealed=True)
+    except FileNotFoundError as err:
+        raise ReportError(f"{err}: run `squeezestudy deep-compression layers {source}`") from None
+    alexnet_bytes = pd.read_csv(HEADLINE_COMPRESSION_TABLE).file_bytes.iloc[0]
+    table, _, _ = headline.file_search(records, alexnet_bytes / headline.FILE_RATIO)
+    rows = [{"setting": f"`{r.setting}-{r.bits}bit`", "kept": f"{r.density:.1%}",
+             "retraining, epochs": f"{r.prune_epochs} + {r.share_epochs}",
+             "file": f"{r.file_bytes:,} bytes",
+             "x smaller than AlexNet-112": f"{alexnet_bytes / r.file_bytes:.0f}x",
+             "validation change, points": f"{r.val_change:+.2f}",
+             "under the line": "yes" if r.under_line else "no",
+             f"within {headline.MAX_FILE_VAL_DROP} points": "yes" if r.within_rule else "no"}
+            for r in table.sort_values("file_bytes").itertuples()]
+    return markdown_table(pd.DataFrame(rows), "lrrrrrll")
+
+
+def layer_files_table(runs: pd.DataFrame) -> str:
+    """The third round's stage D: the chosen setting's file on each seed, its test accuracy opened
+    once, and the verdict of the plan's rule."""
+    from squeezestudy.compression import deep_compression
+
+    source = f"{LAYER_SEARCH_RECIPE}-s0"
+    alexnet_bytes = pd.read_csv(HEADLINE_COMPRESSION_TABLE).file_bytes.iloc[0]
+    goal = alexnet_bytes / headline.FILE_RATIO
+    _, chosen, verdict = headline.file_search(
+        deep_compression.records(OUTPUTS / "deep_compression", source, sealed=True), goal)
+    if chosen is None:
+        return f"Stage D was not run: {verdict}.\n"
+    name = f"{chosen.setting}-{chosen.bits}bit"
+    paths = [OUTPUTS / "deep_compression" / f"{LAYER_SEARCH_RECIPE}-s{seed}-dc-{name}.json"
+             for seed in range(3)]
+    found = [p for p in paths if p.is_file()]
+    records = pd.DataFrame([json.loads(p.read_text()) for p in found])
+    if len(records) < 3 or records.test_acc.isna().any():
+        raise ReportError(f"stage D of {name}: {len(records)} of 3 files, test opened for "
+                          f"{int(records.test_acc.notna().sum()) if len(records) else 0}; run "
+                          f"`squeezestudy deep-compression layers {LAYER_SEARCH_RECIPE}-sN --only {name}`, "
+                          "then "
+                          f"`squeezestudy deep-compression unseal {name}`")
+    files, _, verdict = headline.files_hold(records, goal)
+    rows = [{"file": f"`{r.name}`", "bytes": f"{r.file_bytes:,}",
+             "x smaller than AlexNet-112": f"{alexnet_bytes / r.file_bytes:.0f}x",
+             "test": f"{100 * r.test_acc:.2f}%", "uncompressed": f"{100 * r.uncompressed_test_acc:.2f}%",
+             "change, points": f"{r.change_points:+.2f}"} for r in files.itertuples()]
+    return markdown_table(pd.DataFrame(rows), "lrrrrr") + f"\nVerdict: {verdict}.\n"
+
+
 def deep_compression_table(runs: pd.DataFrame, table: Path = DEEP_COMPRESSION_TABLE,
                            notebook: str = "11_deep_compression") -> str:
     """The paper's Table 2 at this scale, as notebook 11 (or 12) measured it (file sizes on disk,
