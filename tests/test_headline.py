@@ -127,6 +127,11 @@ def test_the_500x_search_takes_the_smallest_file_under_the_line_within_half_a_po
     assert chosen is None and "500x is not reached" in verdict and "d, 230,000 bytes (430x, -0.20" in verdict
     table, chosen, verdict = headline.file_search(records.assign(val_change=-1.0), 197_968)
     assert chosen is None and "no setting is within 0.5 points" in verdict
+    # exactly 0.5 points (25 of 5,000 validation images) is within, whatever the float rounding
+    exact = pd.DataFrame({"name": ["e"], "file_bytes": [188_879], "val_change": [100 * (0.9230 - 0.9280)]})
+    assert exact.val_change[0] < -0.5  # as the float gives it
+    table, chosen, verdict = headline.file_search(exact, 197_968, next_stage="stage D follows")
+    assert chosen["name"] == "e" and verdict.endswith("stage D follows")
 
 
 def test_the_third_rounds_files_hold_only_with_every_file_under_and_the_interval_within():

@@ -79,6 +79,10 @@ def test_shares_follow_the_tolerance_layer_by_layer():
     shares = layers.shares_for(table, 0.9)  # fragile layer: no share within 0.9 points; others: 0.6
     assert shares[first] == 1.0 and {shares[n] for n in rest} == {0.6}
     assert set(layers.shares_for(table, 0.0).values()) == {1.0}
+    # a drop computed as 100 * (0.928 - 0.9272) is 0.0800000000000023: within a tolerance of 0.08
+    noisy = pd.DataFrame({"layer": ["a", "a"], "weights": [10, 10], "density": [0.3, 0.6],
+                          "drop_points": [100 * (0.928 - 0.9272), 0.5]})
+    assert noisy.drop_points[0] > 0.08 and layers.shares_for(noisy, 0.08) == {"a": 0.3}
 
 
 def test_the_allocation_is_the_least_tolerance_that_fits(tmp_path):

@@ -23,6 +23,9 @@ from squeezestudy.compression import deep_compression as dc
 from squeezestudy.data.fashion_mnist import Batches
 
 SCAN_DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Drops and tolerances are compared at this many decimals of a point: 100 * (0.928 - 0.9272) is
+# 0.0800000000000023 in floats, and must count as within a tolerance of 0.08.
+DIGITS = 6
 
 
 def scan(model: nn.Module, val: Batches, densities=SCAN_DENSITIES, log=lambda _: None) -> pd.DataFrame:
@@ -42,7 +45,7 @@ def scan(model: nn.Module, val: Batches, densities=SCAN_DENSITIES, log=lambda _:
             acc = evaluate(model, val)[1]
             params[name].data.copy_(kept)
             rows.append({"layer": name, "weights": kept.numel(), "density": density, "val_acc": acc,
-                         "drop_points": 100 * (base - acc)})
+                         "drop_points": round(100 * (base - acc), DIGITS)})
         log(f"scanned {name}: " + ", ".join(f"{r['density']:.0%} {r['drop_points']:+.2f}"
                                             for r in rows[-len(densities):]))
     return pd.DataFrame(rows).assign(base_val_acc=base)
@@ -53,7 +56,7 @@ def shares_for(table: pd.DataFrame, tolerance: float) -> dict[str, float]:
     points; 1.0 where none is."""
     shares = {}
     for layer, rows in table.groupby("layer", sort=False):
-        ok = rows[rows.drop_points <= tolerance]
+        ok = rows[rows.drop_points.round(DIGITS) <= round(tolerance, DIGITS)]
         shares[layer] = float(ok.density.min()) if not ok.empty else 1.0
     return shares
 
@@ -72,7 +75,7 @@ def allocate(model: nn.Module, table: pd.DataFrame, bits: int, target_bytes: int
     """The smallest tolerance (fewest points lost, layer by layer) whose dry file is at most
     `target_bytes`: {"tolerance", "densities", "dry_bytes", "kept"}. Raises if even the largest
     tolerance scanned does not fit."""
-    tolerances = sorted({max(0.0, round(t, 4)) for t in table.drop_points} | {0.0})
+    tolerances = sorted({max(0.0, round(t, DIGITS)) for t in table.drop_points} | {0.0})
     sizes: dict[float, int] = {}
 
     def size(t: float) -> int:

@@ -47,15 +47,12 @@ def file_search_table(runs: pd.DataFrame) -> str:
     return markdown_table(pd.DataFrame(rows), "lrrrlll")
 
 
-LAYER_SEARCH_RECIPE = "headline2-e120"  # the third 500x round compressed this recipe's seeds
-
-
 def layer_search_table(runs: pd.DataFrame) -> str:
     """The third 500x round on seed 0 (sealed, validation only): the five settings against the
     line and the rule, from their records."""
     from squeezestudy.compression import deep_compression
 
-    source = f"{LAYER_SEARCH_RECIPE}-s0"
+    source = f"{headline.LAYER_SEARCH_RECIPE}-s0"
     try:
         records = deep_compression.records(OUTPUTS / "deep_compression", source, sealed=True)
     except FileNotFoundError as err:
@@ -78,22 +75,23 @@ def layer_files_table(runs: pd.DataFrame) -> str:
     once, and the verdict of the plan's rule."""
     from squeezestudy.compression import deep_compression
 
-    source = f"{LAYER_SEARCH_RECIPE}-s0"
+    source = f"{headline.LAYER_SEARCH_RECIPE}-s0"
     alexnet_bytes = pd.read_csv(HEADLINE_COMPRESSION_TABLE).file_bytes.iloc[0]
     goal = alexnet_bytes / headline.FILE_RATIO
     _, chosen, verdict = headline.file_search(
-        deep_compression.records(OUTPUTS / "deep_compression", source, sealed=True), goal)
+        deep_compression.records(OUTPUTS / "deep_compression", source, sealed=True), goal,
+        next_stage="its seeds 1 and 2 follow (stage D)")
     if chosen is None:
         return f"Stage D was not run: {verdict}.\n"
     name = f"{chosen.setting}-{chosen.bits}bit"
-    paths = [OUTPUTS / "deep_compression" / f"{LAYER_SEARCH_RECIPE}-s{seed}-dc-{name}.json"
-             for seed in range(3)]
+    recipe = headline.LAYER_SEARCH_RECIPE
+    paths = [OUTPUTS / "deep_compression" / f"{recipe}-s{seed}-dc-{name}.json" for seed in range(3)]
     found = [p for p in paths if p.is_file()]
     records = pd.DataFrame([json.loads(p.read_text()) for p in found])
     if len(records) < 3 or records.test_acc.isna().any():
         raise ReportError(f"stage D of {name}: {len(records)} of 3 files, test opened for "
                           f"{int(records.test_acc.notna().sum()) if len(records) else 0}; run "
-                          f"`squeezestudy deep-compression layers {LAYER_SEARCH_RECIPE}-sN --only {name}`, "
+                          f"`squeezestudy deep-compression layers {recipe}-sN --only {name}`, "
                           "then "
                           f"`squeezestudy deep-compression unseal {name}`")
     files, _, verdict = headline.files_hold(records, goal)
