@@ -290,8 +290,9 @@ def sensitivity(scan: pd.DataFrame, shares: dict[str, float] | None = None,
     grid.index = [f"{name.removeprefix('features.').replace('.fire.', '.').removesuffix('.weight')} "
                   f"({weights[name]:,})" for name in order]
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(order) + 1.5))
-    sns.heatmap(grid.clip(lower=0), ax=ax, cmap="rocket_r", vmin=0, vmax=3, annot=grid.round(1),
-                fmt="g", annot_kws={"size": 7}, cbar_kws={"label": "validation points lost (3 or more)"})
+    labels = grid.round(1) + 0.0  # + 0.0: no "-0"
+    sns.heatmap(grid.clip(lower=0), ax=ax, cmap="rocket_r", vmin=0, vmax=3, annot=labels, fmt="g",
+                annot_kws={"size": 7}, cbar_kws={"label": "validation points lost (3 or more)"})
     ax.set_xticklabels([f"{float(t.get_text()):.0%}" for t in ax.get_xticklabels()])
     if shares:
         columns = list(grid.columns)

@@ -20,6 +20,8 @@ from squeezestudy.report.records import (
     deep_compression_table,
     file_search_table,
     headline_compression_table,
+    layer_files_table,
+    layer_search_table,
     peaks_table,
     speed_table,
     tuning_table,
@@ -37,6 +39,8 @@ TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "tuning": tuning_table, "speed": speed_table, "peaks": peaks_table, "weights": weights_table,
     "search": search_table,
     "file_search": file_search_table,
+    "layer_search": layer_search_table,
+    "layer_files": layer_files_table,
 }
 
 

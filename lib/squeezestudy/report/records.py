@@ -70,31 +70,37 @@ def layer_search_table(runs: pd.DataFrame) -> str:
     return markdown_table(pd.DataFrame(rows), "lrrrrrll")
 
 
-def layer_files_table(runs: pd.DataFrame) -> str:
-    """The third round's stage D: the chosen setting's file on each seed, its test accuracy opened
-    once, and the verdict of the plan's rule."""
+def third_round() -> tuple[pd.Series | None, pd.DataFrame | None, stats.Comparison | None, str]:
+    """The third 500x round's outcome: the setting chosen on seed 0 (None if none qualified), its
+    three files with their test accuracy (stage D), the paired test change and the verdict."""
     from squeezestudy.compression import deep_compression
 
-    source = f"{headline.LAYER_SEARCH_RECIPE}-s0"
-    alexnet_bytes = pd.read_csv(HEADLINE_COMPRESSION_TABLE).file_bytes.iloc[0]
-    goal = alexnet_bytes / headline.FILE_RATIO
+    recipe = headline.LAYER_SEARCH_RECIPE
+    goal = pd.read_csv(HEADLINE_COMPRESSION_TABLE).file_bytes.iloc[0] / headline.FILE_RATIO
     _, chosen, verdict = headline.file_search(
-        deep_compression.records(OUTPUTS / "deep_compression", source, sealed=True), goal,
+        deep_compression.records(OUTPUTS / "deep_compression", f"{recipe}-s0", sealed=True), goal,
         next_stage="its seeds 1 and 2 follow (stage D)")
     if chosen is None:
-        return f"Stage D was not run: {verdict}.\n"
+        return None, None, None, verdict
     name = f"{chosen.setting}-{chosen.bits}bit"
-    recipe = headline.LAYER_SEARCH_RECIPE
     paths = [OUTPUTS / "deep_compression" / f"{recipe}-s{seed}-dc-{name}.json" for seed in range(3)]
-    found = [p for p in paths if p.is_file()]
-    records = pd.DataFrame([json.loads(p.read_text()) for p in found])
+    records = pd.DataFrame([json.loads(p.read_text()) for p in paths if p.is_file()])
     if len(records) < 3 or records.test_acc.isna().any():
         raise ReportError(f"stage D of {name}: {len(records)} of 3 files, test opened for "
                           f"{int(records.test_acc.notna().sum()) if len(records) else 0}; run "
-                          f"`squeezestudy deep-compression layers {recipe}-sN --only {name}`, "
-                          "then "
+                          f"`squeezestudy deep-compression layers {recipe}-sN --only {name}`, then "
                           f"`squeezestudy deep-compression unseal {name}`")
-    files, _, verdict = headline.files_hold(records, goal)
+    files, change, verdict = headline.files_hold(records, goal)
+    return chosen, files, change, verdict
+
+
+def layer_files_table(runs: pd.DataFrame) -> str:
+    """The third round's stage D: the chosen setting's file on each seed, its test accuracy opened
+    once, and the verdict of the plan's rule."""
+    chosen, files, _, verdict = third_round()
+    if files is None:
+        return f"Stage D was not run: {verdict}.\n"
+    alexnet_bytes = pd.read_csv(HEADLINE_COMPRESSION_TABLE).file_bytes.iloc[0]
     rows = [{"file": f"`{r.name}`", "bytes": f"{r.file_bytes:,}",
              "x smaller than AlexNet-112": f"{alexnet_bytes / r.file_bytes:.0f}x",
              "test": f"{100 * r.test_acc:.2f}%", "uncompressed": f"{100 * r.uncompressed_test_acc:.2f}%",
