@@ -211,7 +211,7 @@ def files_hold(records: pd.DataFrame, goal_bytes: float) -> tuple[pd.DataFrame, 
     all_under = bool(files.under_line.all())
     low = 100 * change.low
     size = (f"{len(files)} files of {files.file_bytes.min():,}-{files.file_bytes.max():,} bytes "
-            f"({FILE_RATIO * goal_bytes / files.file_bytes.max():.0f}x or more), "
+            f"({math.floor(FILE_RATIO * goal_bytes / files.file_bytes.max())}x or more), "
             + ("all" if all_under else "not all") + f" at most {math.floor(goal_bytes):,}")
     if not all_under:
         verdict = f"{size}: {FILE_RATIO}x does not hold"

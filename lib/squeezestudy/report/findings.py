@@ -123,9 +123,10 @@ def _compression_row(row) -> dict:
            else "one share for every layer")
     steps = f" in {int(chosen.prune_steps)} steps" if chosen.get("prune_steps", 1) > 1 else ""
     holds = verdict.endswith("holds")
+    times = math.floor(alexnet_bytes / files.file_bytes.max())  # the largest file's, rounded down
     return row(claim, f"the same network, {int(chosen.bits)}-bit, {how}{steps}, the test split sealed until "
                       f"the setting was chosen: {files.file_bytes.min():,}-{files.file_bytes.max():,} bytes "
-                      f"(n = {len(files)}), at least {alexnet_bytes / files.file_bytes.max():.0f}x smaller "
+                      f"(n = {len(files)}), at least {times}x smaller "
                       f"than AlexNet-112's fp32 file; test change {100 * change.diff:+.2f} "
                       f"[{100 * change.low:+.2f}, {100 * change.high:+.2f}]",
                "< 0.5 MB reached; " + ("500x within 0.5 points holds" if holds else
