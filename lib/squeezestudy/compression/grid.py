@@ -138,12 +138,17 @@ def run_grid(grid: str, run: str | None = None, jobs: int = 2, out_dir: str | Pa
             for lane in lanes]
     echo(f"{grid}: {sum(len(lane) for lane in lanes)} recipes of {src.weights} in {len(args)} lanes, "
          f"{spec.prune_epochs} + {spec.share_epochs} epochs of retraining; log: {log_file}")
-    if jobs <= 1:
-        names = [n for a in args for n in _lane(*a)]
-    else:
-        import multiprocessing
-
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            names = [n for lane in pool.map(_lane, *zip(*args, strict=True)) for n in lane]
+    names = run_lanes(_lane, args, jobs)
     echo(f"recorded: {', '.join(names)}")
     return names
+
+
+def run_lanes(lane, args: list[tuple], jobs: int) -> list[str]:
+    """`lane(*a)` for each `a` of `args`, each returning the names it recorded: in this process
+    one after the other (`jobs` 1), or `jobs` spawned processes at a time."""
+    if jobs <= 1:
+        return [n for a in args for n in lane(*a)]
+    import multiprocessing
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [n for names in pool.map(lane, *zip(*args, strict=True)) for n in names]

@@ -12,11 +12,10 @@ same size); the other seeds read it, so the setting chosen on seed 0 is applied 
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from squeezestudy.compression.grid import LOG_DIR, OUT_DIR, Source, source
+from squeezestudy.compression.grid import LOG_DIR, OUT_DIR, Source, run_lanes, source
 from squeezestudy.core import fileio
 
 TARGET_BYTES = 195_000  # the allocation's size, 1.5% under the 500x line (197,968 bytes)
@@ -108,17 +107,20 @@ def _lane(src: Source, names: tuple[str, ...], allocation: dict, out_dir: str, l
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     done = []
-    with open(log_file, "a") as log:
-        for name in names:
-            s = SETTINGS[name]
-            record = deep_compression.compress_run(
-                src.weights, src.model, src.model_kwargs, density_of(s, allocation), s.bits, out_dir,
-                prune_epochs=s.prune_epochs, share_epochs=s.share_epochs, lr=1e-4, augment=src.augment,
-                label_smoothing=src.label_smoothing, sealed=True, prune_steps=s.prune_steps, tag=s.tag(),
-                log=lambda line: print(line, file=log, flush=True))
-            print(json.dumps({k: record[k] for k in ("name", "file_bytes", "val_acc")}), file=log, flush=True)
-            done.append(record["name"])
-    torch.set_num_threads(threads)  # as it was, where the lane ran in the caller's process
+    try:
+        with open(log_file, "a") as log:
+            for name in names:
+                s = SETTINGS[name]
+                record = deep_compression.compress_run(
+                    src.weights, src.model, src.model_kwargs, density_of(s, allocation), s.bits, out_dir,
+                    prune_epochs=s.prune_epochs, share_epochs=s.share_epochs, lr=1e-4, augment=src.augment,
+                    label_smoothing=src.label_smoothing, sealed=True, prune_steps=s.prune_steps,
+                    tag=s.tag(), log=lambda line: print(line, file=log, flush=True))
+                print(json.dumps({k: record[k] for k in ("name", "file_bytes", "val_acc")}), file=log,
+                      flush=True)
+                done.append(record["name"])
+    finally:  # as it was, where the lane ran in the caller's process
+        torch.set_num_threads(threads)
     return done
 
 
@@ -137,13 +139,7 @@ def run(run_name: str, only: str | None = None, jobs: int = 2, out_dir: Path = O
     log_file = str(Path(log_dir) / f"deep-compression-{run_name}.log")
     echo(f"layers: {sum(map(len, lanes))} settings of {run_name} in {len(lanes)} lanes; log: {log_file}")
     args = [(src, lane, allocation, str(out_dir), log_file) for lane in lanes]
-    if jobs <= 1 or len(args) <= 1:
-        names = [n for a in args for n in _lane(*a)]
-    else:
-        import multiprocessing
-
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            names = [n for lane in pool.map(_lane, *zip(*args, strict=True)) for n in lane]
+    names = run_lanes(_lane, args, min(jobs, len(args)))
     echo(f"recorded: {', '.join(names) or 'nothing new'}")
     return names
 

@@ -26,16 +26,25 @@ HEADLINE_COMPRESSION_TABLE = OUTPUTS / "deep_compression" / "table2_headline.csv
 FILE_SEARCH_SOURCE = "headline-b96aug60-s0"  # the weights the second round's 500x search compressed
 
 
-def file_search_table(runs: pd.DataFrame) -> str:
-    """The second round's 500x search (sealed, validation only), from its records."""
+def sealed_search(source: str, command: str, next_stage: str | None = None
+                  ) -> tuple[pd.DataFrame, pd.Series | None, str, int]:
+    """A 500x search's seed-0 records (sealed) read by the plan's rule: `headline.file_search`'s
+    table, choice and verdict, and AlexNet-112's file size. `command` (the grid that writes the
+    records) is named when there are none."""
     from squeezestudy.compression import deep_compression
 
     try:
-        records = deep_compression.records(OUTPUTS / "deep_compression", FILE_SEARCH_SOURCE, sealed=True)
+        records = deep_compression.records(OUTPUTS / "deep_compression", source, sealed=True)
     except FileNotFoundError as err:
-        raise ReportError(f"{err}: run `squeezestudy deep-compression 500x {FILE_SEARCH_SOURCE}`") from None
+        raise ReportError(f"{err}: run `squeezestudy deep-compression {command} {source}`") from None
     alexnet_bytes = pd.read_csv(HEADLINE_COMPRESSION_TABLE).file_bytes.iloc[0]
-    table, _, _ = headline.file_search(records, alexnet_bytes / headline.FILE_RATIO)
+    stage = {"next_stage": next_stage} if next_stage else {}
+    return (*headline.file_search(records, alexnet_bytes / headline.FILE_RATIO, **stage), alexnet_bytes)
+
+
+def file_search_table(runs: pd.DataFrame) -> str:
+    """The second round's 500x search (sealed, validation only), from its records."""
+    table, _, _, alexnet_bytes = sealed_search(FILE_SEARCH_SOURCE, "500x")
     rows = [{"setting": f"{r.bits}-bit, {r.density:.0%} kept",
              "file": f"{r.file_bytes:,} bytes",
              "x smaller than AlexNet-112": f"{alexnet_bytes / r.file_bytes:.0f}x",
@@ -50,15 +59,7 @@ def file_search_table(runs: pd.DataFrame) -> str:
 def layer_search_table(runs: pd.DataFrame) -> str:
     """The third 500x round on seed 0 (sealed, validation only): the five settings against the
     line and the rule, from their records."""
-    from squeezestudy.compression import deep_compression
-
-    source = f"{headline.LAYER_SEARCH_RECIPE}-s0"
-    try:
-        records = deep_compression.records(OUTPUTS / "deep_compression", source, sealed=True)
-    except FileNotFoundError as err:
-        raise ReportError(f"{err}: run `squeezestudy deep-compression layers {source}`") from None
-    alexnet_bytes = pd.read_csv(HEADLINE_COMPRESSION_TABLE).file_bytes.iloc[0]
-    table, _, _ = headline.file_search(records, alexnet_bytes / headline.FILE_RATIO)
+    table, _, _, alexnet_bytes = sealed_search(f"{headline.LAYER_SEARCH_RECIPE}-s0", "layers")
     rows = [{"setting": f"`{r.setting}-{r.bits}bit`", "kept": f"{r.density:.1%}",
              "retraining, epochs": f"{r.prune_epochs} + {r.share_epochs}",
              "file": f"{r.file_bytes:,} bytes",
@@ -73,13 +74,9 @@ def layer_search_table(runs: pd.DataFrame) -> str:
 def third_round() -> tuple[pd.Series | None, pd.DataFrame | None, stats.Comparison | None, str]:
     """The third 500x round's outcome: the setting chosen on seed 0 (None if none qualified), its
     three files with their test accuracy (stage D), the paired test change and the verdict."""
-    from squeezestudy.compression import deep_compression
-
     recipe = headline.LAYER_SEARCH_RECIPE
-    goal = pd.read_csv(HEADLINE_COMPRESSION_TABLE).file_bytes.iloc[0] / headline.FILE_RATIO
-    _, chosen, verdict = headline.file_search(
-        deep_compression.records(OUTPUTS / "deep_compression", f"{recipe}-s0", sealed=True), goal,
-        next_stage="its seeds 1 and 2 follow (stage D)")
+    _, chosen, verdict, alexnet_bytes = sealed_search(f"{recipe}-s0", "layers",
+                                                      next_stage="its seeds 1 and 2 follow (stage D)")
     if chosen is None:
         return None, None, None, verdict
     name = f"{chosen.setting}-{chosen.bits}bit"
@@ -90,7 +87,7 @@ def third_round() -> tuple[pd.Series | None, pd.DataFrame | None, stats.Comparis
                           f"{int(records.test_acc.notna().sum()) if len(records) else 0}; run "
                           f"`squeezestudy deep-compression layers {recipe}-sN --only {name}`, then "
                           f"`squeezestudy deep-compression unseal {name}`")
-    files, change, verdict = headline.files_hold(records, goal)
+    files, change, verdict = headline.files_hold(records, alexnet_bytes / headline.FILE_RATIO)
     return chosen, files, change, verdict
 
 
