@@ -11,6 +11,7 @@ import pandas as pd
 
 from squeezestudy.analysis import stats
 from squeezestudy.analysis.results import loss_turn, select
+from squeezestudy.compression.deep_compression import within as within_drop
 from squeezestudy.models.summary import weight_bytes
 
 PARAMETER_RATIO = 50  # the paper: AlexNet-level accuracy with 50x fewer parameters
@@ -181,8 +182,7 @@ def file_search(records: pd.DataFrame, goal_bytes: float, next_stage: str = "its
     the rule, the chosen one (the smallest file under the line within MAX_FILE_VAL_DROP points of
     validation; None if none is) and the verdict in words."""
     table = records.assign(under_line=records.file_bytes <= math.floor(goal_bytes),
-                           # to 1e-9 points: a change of exactly -0.5 (25 of 5,000 images) is within
-                           within_rule=records.val_change.round(9) >= -MAX_FILE_VAL_DROP)
+                           within_rule=within_drop(records.val_change, MAX_FILE_VAL_DROP))
     qualifying = table[table.under_line & table.within_rule]
     if qualifying.empty:
         within = table[table.within_rule]

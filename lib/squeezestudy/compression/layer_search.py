@@ -54,15 +54,15 @@ def allocation_path(run: str, out_dir: Path = OUT_DIR) -> Path:
     return Path(out_dir) / f"{seed0(run).removesuffix('-s0')}-allocation.json"
 
 
-def _model(src: Source):
+def _model(run: str):
+    """The run's trained model (`weights.load_model`: its digest checked) and the architecture a
+    compressed file of it records."""
     from squeezestudy.data import fashion_mnist as fmnist
-    from squeezestudy.models import build
-    from squeezestudy.training.rundir import read_weights
+    from squeezestudy.runs.weights import load_model
 
+    src = source("run", run)  # exports the weights if they are not yet
     kwargs = {"num_classes": fmnist.NUM_CLASSES, "in_channels": 1, **src.model_kwargs}
-    net = build(src.model, **kwargs)
-    net.load_state_dict(read_weights(src.weights))
-    return net.eval(), {"model": src.model, "kwargs": kwargs}
+    return load_model(run), {"model": src.model, "kwargs": kwargs}
 
 
 def make_allocation(run: str, out_dir: Path = OUT_DIR, echo=print) -> dict:
@@ -78,7 +78,7 @@ def make_allocation(run: str, out_dir: Path = OUT_DIR, echo=print) -> dict:
     from squeezestudy.data import fashion_mnist as fmnist
     from squeezestudy.data.fashion_mnist import Batches
 
-    net, arch = _model(source("run", run))
+    net, arch = _model(run)
     dataset = fmnist.load()
     mean, std = dataset.mean_std()
     table = layers.scan(net, Batches(dataset.val, 1000, mean=mean, std=std), log=echo)

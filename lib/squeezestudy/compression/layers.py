@@ -23,9 +23,9 @@ from squeezestudy.compression import deep_compression as dc
 from squeezestudy.data.fashion_mnist import Batches
 
 SCAN_DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-# Drops and tolerances are compared at this many decimals of a point: 100 * (0.928 - 0.9272) is
+# Drops and tolerances are compared at dc.POINT_DIGITS decimals: 100 * (0.928 - 0.9272) is
 # 0.0800000000000023 in floats, and must count as within a tolerance of 0.08.
-DIGITS = 6
+DIGITS = dc.POINT_DIGITS
 
 
 def scan(model: nn.Module, val: Batches, densities=SCAN_DENSITIES, log=lambda _: None) -> pd.DataFrame:
