@@ -15,6 +15,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .dropout import Dropout
+
 
 def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
@@ -50,9 +52,9 @@ class AlexNet(nn.Module):
         self.classifier = nn.Sequential(OrderedDict([
             ("flatten", nn.Flatten()),
             ("fc6", nn.Linear(256 * side * side, 4096)), ("relu6", nn.ReLU(inplace=True)),
-            ("dropout6", nn.Dropout(p=dropout)),
+            ("dropout6", Dropout(p=dropout)),
             ("fc7", nn.Linear(4096, 4096)), ("relu7", nn.ReLU(inplace=True)),
-            ("dropout7", nn.Dropout(p=dropout)),
+            ("dropout7", Dropout(p=dropout)),
             ("fc8", nn.Linear(4096, num_classes)),
         ]))  # fmt: skip
 

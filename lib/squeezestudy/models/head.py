@@ -14,11 +14,13 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .dropout import Dropout
+
 
 def classifier_head(in_channels: int, num_classes: int, dropout: float = 0.5) -> nn.Sequential:
     """SqueezeNet's head, no fully connected layer: dropout, conv10 (1x1), ReLU, global average pooling."""
     return nn.Sequential(OrderedDict([
-        ("dropout", nn.Dropout(p=dropout)),
+        ("dropout", Dropout(p=dropout)),
         ("conv10", nn.Conv2d(in_channels, num_classes, kernel_size=1)),
         ("relu10", nn.ReLU(inplace=True)),
         ("avgpool10", nn.AdaptiveAvgPool2d((1, 1))),

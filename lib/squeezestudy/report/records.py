@@ -213,6 +213,32 @@ def speed_table(runs: pd.DataFrame) -> str:
             + markdown_table(pd.DataFrame(rows), "llrrrlrllll"))
 
 
+def headline_speed_table(runs: pd.DataFrame) -> str:
+    """`squeezestudy bench` per CPU kind where the headline network's default is bf16: its images/s
+    against fp32 with the same code and against fp32 with torch's dropout (its default before),
+    read round by round, and whether it reaches bench.HEADLINE_TARGET."""
+    rows = []
+    for kind, record in benchmark_records("throughput.json"):
+        records = [bench.Record(**r) for r in record["records"] if r["model"] == bench.HEADLINE]
+        default = next((r for r in records if r.label == "default" and r.precision == "bf16"), None)
+        for label in bench.HEADLINE_BEFORE if default else ():
+            other = next((r for r in records if r.label == label), None)
+            if other is None:
+                continue
+            rounds = bench.speedup_rounds(default, other)
+            target = f"at least {bench.HEADLINE_TARGET:g}x"
+            rows.append({"CPU kind": kind, "against": label,
+                         "bf16 default images/s (rounds)": f"{default.images_per_s:,.0f} "
+                         f"({min(default.repeats):,.0f}-{max(default.repeats):,.0f})",
+                         "its images/s (rounds)": f"{other.images_per_s:,.0f} "
+                         f"({min(other.repeats):,.0f}-{max(other.repeats):,.0f})",
+                         "speed-up by round": ", ".join(f"{r:.2f}" for r in rounds),
+                         target: bench.at_least(rounds, bench.HEADLINE_TARGET),
+                         "s an epoch: default, it": f"{55_000 / default.images_per_s:,.0f}, "
+                         f"{55_000 / other.images_per_s:,.0f}"})
+    return markdown_table(pd.DataFrame(rows), "llrrlll")
+
+
 def _weights_family(run: str) -> str:
     """`lenet-s1` -> `lenet-s*`; a design sweep's runs share one row (`design-sr*-s*`)."""
     return re.sub(r"^design-(sr|pct)[\d.]+$", r"design-\1*", headline.setting_name(run)) + "-s*"

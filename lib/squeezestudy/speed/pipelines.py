@@ -23,7 +23,7 @@ from torch import nn
 
 from squeezestudy.core.device import synchronize
 from squeezestudy.data import fashion_mnist as fmnist
-from squeezestudy.models import spec
+from squeezestudy.models import dropout, spec
 from squeezestudy.training.config import TrainConfig, build_model
 from squeezestudy.training.step import make_optimizer, train_step
 
@@ -37,11 +37,13 @@ class Setting:
     compile: bool = False
     threads: int | None = None
     label: str = ""
+    stock_dropout: bool = False  # torch's nn.Dropout in place of models.dropout.Dropout
 
     def describe(self) -> dict:
-        return {"precision": self.precision, "channels_last": self.channels_last,
-                "batch_size": self.batch_size, "micro_batch": self.micro_batch,
-                "compile": self.compile, "threads": self.threads or torch.get_num_threads()}
+        described = {"precision": self.precision, "channels_last": self.channels_last,
+                     "batch_size": self.batch_size, "micro_batch": self.micro_batch,
+                     "compile": self.compile, "threads": self.threads or torch.get_num_threads()}
+        return described | ({"stock_dropout": True} if self.stock_dropout else {})
 
 
 # The GEMMs a peak is measured on: square products of several sizes through torch.matmul (BLAS),
@@ -262,6 +264,8 @@ def project_timed(config: TrainConfig, dataset: fmnist.FashionMNIST, device: tor
                              augment=config.augment, channels_last=setting.channels_last)
     torch.manual_seed(0)
     model = build_model(config).to(device)
+    if setting.stock_dropout:
+        dropout.stock(model)
     if setting.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config)
