@@ -4,8 +4,9 @@ import json
 import pytest
 import torch
 
+from squeezestudy.analysis import stats
 from squeezestudy.cli import main
-from squeezestudy.speed import bench, pipelines
+from squeezestudy.speed import bench, pipelines, readings
 
 
 def test_benchmark_runs_end_to_end(fashion_mnist, tmp_path, capsys):
@@ -96,20 +97,36 @@ def test_the_gemm_peak_is_the_best_of_several_sizes(monkeypatch):
 
 def test_ratios_are_read_round_by_round():
     def record(rounds):
-        return bench.Record(model="lenet", pipeline="project", precision="fp32", settings={},
-                            images_per_s=1, ratio_vs_naive=sorted(rounds)[1], ratio_rounds=rounds)
+        return readings.Record(model="lenet", pipeline="project", precision="fp32", settings={},
+                            images_per_s=1, ratio_vs_naive=sorted(rounds)[len(rounds) // 2],
+                            ratio_rounds=rounds)
 
-    assert record([2.9, 3.0, 3.1]).ratio_text() == "3.00 (2.90-3.10)"
-    assert record([2.0, 3.0, 3.4]).ratio_text() == "not resolved (2.00-3.40)"
-    assert not bench.ratio_resolved([3.0])  # one round cannot show a spread
+    assert record([2.9, 3.0, 3.1]).ratio_text() == "3.00 (2.76-3.26)"  # the 95% interval
+    assert record([2.0, 3.0, 3.4]).ratio_text() == "not resolved (1.37-5.44)"
+    assert record([2.0, 3.0, 3.4] * 4).ratio_text() == "not resolved (2.35-3.18)"  # more rounds, narrower
+    assert record([2.9, 3.0, 3.1] * 4).ratio_text() == "3.00 (2.95-3.05)"
+    assert record([3.0]).ratio_text() == "not resolved (3.00, one round)"
+    assert not readings.ratio_resolved([3.0])  # one round cannot show a spread
 
     def verdict(rounds):
-        default = dataclasses.replace(record(rounds), label="default", repeats=[1, 1, 1])
-        return bench.default_verdicts([default])[0]["at_least_3x_naive"]
+        default = dataclasses.replace(record(rounds), label="default", repeats=[1] * len(rounds))
+        return readings.default_verdicts([default])[0]["at_least_3x_naive"]
 
-    assert verdict([3.1, 3.2, 3.3]) == "yes"
-    assert verdict([2.1, 2.2, 2.9]) == "no"
-    assert verdict([2.8, 3.0, 3.3]) == "not resolved"
+    assert verdict([3.1, 3.2, 3.3] * 3) == "yes"
+    assert verdict([2.1, 2.2, 2.9] * 3) == "no"
+    assert verdict([2.8, 3.0, 3.3] * 3) == "not resolved"
+    assert verdict([3.1, 3.2, 3.3]) == "not resolved"  # three rounds: an interval too wide to tell
+    assert readings.at_least([1.62, 1.30, 1.43], 1.5) == "not resolved" and readings.at_least([], 1.5) == "-"
+
+
+def test_a_ratio_interval_is_a_paired_interval_on_logs():
+    ratio = stats.ratio_interval([2.0, 2.0, 2.0])
+    assert ratio.mean == pytest.approx(2.0) and ratio.low == pytest.approx(2.0) == ratio.high
+    ratio = stats.ratio_interval([1.0, 4.0])  # logs 0 and log 4: mean log 2, t(1) = 12.71
+    assert ratio.mean == pytest.approx(2.0)
+    assert ratio.low == pytest.approx(2.0 * 4 ** (-12.706 / 2), rel=1e-3)
+    with pytest.raises(ValueError, match="positive"):
+        stats.ratio_interval([1.0, 0.0])
 
 
 def test_the_headline_network_is_the_committed_headline_recipe():
@@ -125,10 +142,10 @@ def test_the_headline_network_is_the_committed_headline_recipe():
 
 def test_bf16_of_an_unchecked_model_is_timed_but_never_the_best_a_default_may_be():
     def record(label, ips, precision="fp32"):
-        return bench.Record(model="headline", pipeline="project", precision=precision, settings={},
+        return readings.Record(model="headline", pipeline="project", precision=precision, settings={},
                             images_per_s=ips, label=label, repeats=[ips] * 3, ratio_rounds=[1.5] * 3)
 
-    (verdict,) = bench.default_verdicts([record("default", 100),
+    (verdict,) = readings.default_verdicts([record("default", 100),
                                          record("bf16 (accuracy not checked)", 130, "bf16")])
     assert verdict["best"] == "default" and verdict["within_5_percent"] == "yes"
 
@@ -155,10 +172,10 @@ def test_archived_benchmarks_stay_below_the_theoretical_peak():
 @pytest.mark.parametrize("path", committed_benchmarks(),
                          ids=lambda p: p.parent.name)
 def test_each_committed_table_is_its_record_rendered(path):
-    """throughput.md is bench.markdown of throughput.json, by the code of today (the GPU run's
+    """throughput.md is readings.markdown of throughput.json, by the code of today (the GPU run's
     record predates the peaks and is left as it was)."""
     payload = json.loads(path.read_text())
     if "peaks" not in payload["meta"]:
         pytest.skip("a record from before the peaks were measured per GEMM")
-    records = [bench.Record(**r) for r in payload["records"]]
-    assert path.with_suffix(".md").read_text() == bench.markdown(records, payload["meta"])
+    records = [readings.Record(**r) for r in payload["records"]]
+    assert path.with_suffix(".md").read_text() == readings.markdown(records, payload["meta"])

@@ -190,3 +190,29 @@ def test_a_resumed_run_keeps_the_precision_it_started_with(monkeypatch):
         assert resumed_choice(explicit, cpu, {"precision": "bf16"}).precision == "fp32"
     with machine.simulate("avx2"):
         assert resumed_choice(TrainConfig(model="lenet"), cpu, {"precision": "bf16"}).precision == "bf16"
+
+
+def test_adamw_is_fused_on_a_cpu_and_resumes_the_for_loops_state():
+    """The fused kernel and the for-loop keep the same state: a checkpoint of either resumes in the
+    other, and one step of each from the same state agrees to float rounding."""
+    from squeezestudy.training.config import TrainConfig, build_model
+    from squeezestudy.training.step import make_optimizer
+
+    cfg = TrainConfig(model="lenet", optimizer="adamw", lr=1e-3)
+    torch.manual_seed(0)
+    models = [build_model(cfg) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    loop, fused = make_optimizer(models[0], cfg, fused=False), make_optimizer(models[1], cfg)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    x = torch.randn(8, 1, 28, 28)
+    for step in range(3):
+        for model, optimizer in ((models[0], loop), (models[1], fused)):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+        if step == 1:  # swap the states: each resumes the other's
+            state = loop.state_dict()
+            loop.load_state_dict(fused.state_dict())
+            fused.load_state_dict(state)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

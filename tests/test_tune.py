@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from squeezestudy.speed import bench, tune
+from squeezestudy.speed import readings, tune
 from squeezestudy.training import settings
 from squeezestudy.training.config import TrainConfig, has_batch_statistics
 from squeezestudy.training.loop import fit
@@ -248,18 +248,18 @@ def test_real_measurement_of_a_tiny_run(small_fashion_mnist, cache):
 
 def test_bench_reports_whether_the_default_is_within_5_percent():
     def record(label, ips, rounds):
-        return bench.Record(model="lenet", pipeline="project", precision="fp32", settings={},
+        return readings.Record(model="lenet", pipeline="project", precision="fp32", settings={},
                             images_per_s=ips, label=label, repeats=rounds)
 
     best = record("channels_last off", 100, [98, 100, 102])
     batch = record("batch 512", 200, [200, 200, 200])  # changes the recipe: never the best
-    (verdict,) = bench.default_verdicts([record("default", 96, [95, 96, 97]), best, batch])
+    (verdict,) = readings.default_verdicts([record("default", 96, [95, 96, 97]), best, batch])
     assert verdict["best"] == "channels_last off" and verdict["within_5_percent"] == "yes"
-    # 10% slower by the medians, and every round of the best beats every round of it by > 5%
-    (verdict,) = bench.default_verdicts([record("default", 90, [89, 90, 91]), best, batch])
+    # 10% slower by the medians, and the interval of the best's speed-up lies above 1 / 0.95
+    (verdict,) = readings.default_verdicts([record("default", 90, [89, 90, 91]), best, batch])
     assert verdict["within_5_percent"] == "no"
     # 10% slower by the medians, but the rounds overlap: this machine could not tell
-    (verdict,) = bench.default_verdicts([record("default", 90, [80, 90, 99]), best, batch])
+    (verdict,) = readings.default_verdicts([record("default", 90, [80, 90, 99]), best, batch])
     assert verdict["within_5_percent"] == "not resolved"
 
 

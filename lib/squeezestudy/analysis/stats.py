@@ -142,3 +142,25 @@ def every_round_faster(fast: Sequence[float], slow: Sequence[float], by: float =
     With three rounds a side this is a one-sided rank test at p = 0.05 (one of the 20 equally
     likely orders of six exchangeable rounds): how settings are told apart on a noisy machine."""
     return min(fast) > by * max(slow)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """The geometric mean of paired ratios (round by round) and its 95% interval; NaN bounds for
+    fewer than two."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+
+
+def ratio_interval(ratios: Sequence[float]) -> Ratio:
+    """A paired t-interval on the logs of `ratios`, exponentiated: a speed-up measured round by
+    round (each round timing both sides in turn) with the interval its rounds support."""
+    logs = np.log(np.asarray(ratios, dtype=float))
+    if len(logs) == 0 or not np.all(np.isfinite(logs)):
+        raise ValueError(f"ratios must be positive and finite, got {list(ratios)}")
+    c = paired(logs, "log ratio")
+    return Ratio(len(logs), math.exp(c.diff), math.exp(c.low), math.exp(c.high))
+

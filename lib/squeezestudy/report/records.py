@@ -14,7 +14,7 @@ from squeezestudy.analysis.headline import ALEXNET_RUNS
 from squeezestudy.core.paths import OUTPUTS, WEIGHTS_DIR
 from squeezestudy.report.markdown import ReportError, markdown_table, runs_matching
 from squeezestudy.runs.finished import EXPORT_MAX_BYTES, keeps_weights
-from squeezestudy.speed import bench, tune
+from squeezestudy.speed import bench, readings, tune
 from squeezestudy.training import settings
 
 DEEP_COMPRESSION_TABLE = OUTPUTS / "deep_compression" / "table2.csv"
@@ -185,8 +185,8 @@ def speed_table(runs: pd.DataFrame) -> str:
     (batch sizes and unchecked bf16 excluded), in the same interleaved rounds."""
     rows = []
     for kind, record in benchmark_records("throughput.json"):
-        records = [bench.Record(**r) for r in record["records"]]
-        for verdict in bench.default_verdicts(records):
+        records = [readings.Record(**r) for r in record["records"]]
+        for verdict in readings.default_verdicts(records):
             model = [r for r in records if r.model == verdict["model"]]
             naive = next(r for r in model if r.pipeline == "naive")
             default = next(r for r in model if r.pipeline == "project" and r.label == "default")
@@ -206,7 +206,7 @@ def speed_table(runs: pd.DataFrame) -> str:
                 "default within 5%": verdict["within_5_percent"] if verdict["within_5_percent"] == "yes"
                 else f"{verdict['within_5_percent']} ({verdict['default_over_best']:.2f})",
                 "at least 3x naive": verdict["at_least_3x_naive"]
-                if verdict["model"] in bench.SMALL_MODELS else "(no target)"})
+                if verdict["model"] in readings.SMALL_MODELS else "(no target)"})
     meta = benchmark_records("throughput.json")[0][1]["meta"]
     return (f"Each figure the median of {meta['repeats']} rounds; in each round the naive pipeline "
             "and every setting ran in turn, so a ratio is read round by round.\n\n"
@@ -216,24 +216,24 @@ def speed_table(runs: pd.DataFrame) -> str:
 def headline_speed_table(runs: pd.DataFrame) -> str:
     """`squeezestudy bench` per CPU kind where the headline network's default is bf16: its images/s
     against fp32 with the same code and against fp32 with torch's dropout (its default before),
-    read round by round, and whether it reaches bench.HEADLINE_TARGET."""
+    read round by round, and whether it reaches readings.HEADLINE_TARGET."""
     rows = []
     for kind, record in benchmark_records("throughput.json"):
-        records = [bench.Record(**r) for r in record["records"] if r["model"] == bench.HEADLINE]
+        records = [readings.Record(**r) for r in record["records"] if r["model"] == bench.HEADLINE]
         default = next((r for r in records if r.label == "default" and r.precision == "bf16"), None)
-        for label in bench.HEADLINE_BEFORE if default else ():
+        for label in readings.HEADLINE_BEFORE if default else ():
             other = next((r for r in records if r.label == label), None)
             if other is None:
                 continue
-            rounds = bench.speedup_rounds(default, other)
-            target = f"at least {bench.HEADLINE_TARGET:g}x"
+            rounds = readings.speedup_rounds(default, other)
+            target = f"at least {readings.HEADLINE_TARGET:g}x"
             rows.append({"CPU kind": kind, "against": label,
                          "bf16 default images/s (rounds)": f"{default.images_per_s:,.0f} "
                          f"({min(default.repeats):,.0f}-{max(default.repeats):,.0f})",
                          "its images/s (rounds)": f"{other.images_per_s:,.0f} "
                          f"({min(other.repeats):,.0f}-{max(other.repeats):,.0f})",
                          "speed-up by round": ", ".join(f"{r:.2f}" for r in rounds),
-                         target: bench.at_least(rounds, bench.HEADLINE_TARGET),
+                         target: readings.at_least(rounds, readings.HEADLINE_TARGET),
                          "s an epoch: default, it": f"{55_000 / default.images_per_s:,.0f}, "
                          f"{55_000 / other.images_per_s:,.0f}"})
     return markdown_table(pd.DataFrame(rows), "llrrlll")

@@ -21,17 +21,16 @@ import os
 import platform
 import shutil
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from squeezestudy.analysis import stats
 from squeezestudy.core import fileio, machine
 from squeezestudy.core.device import bf16_supported, device_name, pick_device
 from squeezestudy.core.paths import BENCHMARKS_DIR, ensure_writable_dir
 from squeezestudy.data import fashion_mnist as fmnist
-from squeezestudy.models import dropout, spec
+from squeezestudy.models import spec
+from squeezestudy.speed import readings
 from squeezestudy.speed.pipelines import (
     HEADLINE,
     Setting,
@@ -49,69 +48,9 @@ from squeezestudy.training.settings import bf16_allowed, machine_key, read_cache
 DEFAULT_MODELS = ("squeezenet_fmnist", "lenet", HEADLINE, "alexnet", "squeezenet1_0")
 # A model whose training step costs more than this runs a quarter of the timed steps on a CPU.
 HEAVY_GFLOP_PER_IMAGE = 0.5
-# A ratio is resolved when its rounds lie within this share of their median, either way.
-RATIO_SPREAD = 0.10
 # Where set, torch's and oneDNN's kernels were held to a lesser instruction set than the CPU's (an
 # AVX2 machine's kernels, timed on an AVX-512 one); the record says so.
 FORCED_KERNELS_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "SQUEEZESTUDY_SIMULATE_CPU")
-SMALL_MODELS = ("squeezenet_fmnist", "lenet")  # the models the 3x-naive target is for
-NAIVE_TARGET = 3.0
-# The headline network's default on a CPU with native bf16 against its fp32 default before bf16
-# was checked for it and before models.dropout: the speed issue's target.
-HEADLINE_TARGET = 3 / 2
-HEADLINE_BEFORE = ("fp32", "fp32, torch's nn.Dropout")  # labels of the settings it is read against
-
-
-@dataclass(kw_only=True)
-class Record:
-    model: str
-    pipeline: str  # naive | project
-    precision: str
-    settings: dict
-    images_per_s: float
-    ratio_vs_naive: float | None = None
-    fraction_of_peak: float | None = None  # of the GEMM peak measured in the same run
-    train_gflop_per_image: float = 0.0
-    repeats: list[float] = field(default_factory=list)
-    label: str = ""
-    ratio_rounds: list[float] = field(default_factory=list)  # project / naive, round by round
-    fraction_of_theoretical: float | None = None
-
-    @property
-    def gflops(self) -> float:
-        return self.train_gflop_per_image * self.images_per_s
-
-    def ratio_text(self) -> str:
-        """The ratio to the naive pipeline, or "not resolved" with the rounds' range."""
-        if self.pipeline == "naive":
-            return "1"
-        if not self.ratio_rounds:  # a record from before the rounds were paired
-            return "-" if self.ratio_vs_naive is None else f"{self.ratio_vs_naive:.2f} (one figure)"
-        low, high = min(self.ratio_rounds), max(self.ratio_rounds)
-        if ratio_resolved(self.ratio_rounds):
-            return f"{statistics.median(self.ratio_rounds):.2f} ({low:.2f}-{high:.2f})"
-        return f"not resolved ({low:.2f}-{high:.2f})"
-
-
-def ratio_resolved(rounds: list[float]) -> bool:
-    """Round-by-round ratios that agree: more than one, all within RATIO_SPREAD of their median."""
-    middle = statistics.median(rounds) if rounds else 0
-    return len(rounds) > 1 and all(abs(r - middle) <= RATIO_SPREAD * middle for r in rounds)
-
-
-def at_least(rounds: list[float], target: float) -> str:
-    """Whether round-by-round ratios reach `target`: "yes" in every round, "no" in none,
-    otherwise "not resolved" ("-" without rounds)."""
-    if not rounds:
-        return "-"
-    return "yes" if min(rounds) >= target else "no" if max(rounds) < target else "not resolved"
-
-
-def speedup_rounds(fast: Record, slow: Record) -> list[float]:
-    """`fast` over `slow`, round by round: both timed in the same interleaved rounds."""
-    return [f / s for f, s in zip(fast.repeats, slow.repeats, strict=True)]
-
-
 def default_setting(name: str, device: torch.device) -> Setting:
     """What `fit` does by default on this device."""
     config = bench_config(name)
@@ -133,13 +72,12 @@ def settings_grid(name: str, device: torch.device, quick: bool, try_compile: boo
         vary(other if checked else f"{other} (accuracy not checked)", precision=other)
     vary("channels_last off" if base.channels_last else "channels_last on",
          channels_last=not base.channels_last)
-    if device.type == "cpu" and any(isinstance(m, dropout.Dropout) and m.p == 0.5
-                                    for m in build_model(bench_config(name)).modules()):
-        # the pipeline before models.dropout: torch's serial mask (and for a bf16 default, in fp32:
-        # the default before bf16 was checked for the headline network)
-        vary("torch's nn.Dropout", stock_dropout=True)
+    if device.type == "cpu":
+        # the pipeline before models.dropout and the fused AdamW (and for a bf16 default, in fp32:
+        # the headline network's default before its bf16 accuracy was checked)
+        vary(readings.STOCK, stock=True)
         if base.precision == "bf16":
-            vary("fp32, torch's nn.Dropout", precision="fp32", stock_dropout=True)
+            vary(f"fp32, {readings.STOCK}", precision="fp32", stock=True)
     if base.micro_batch:
         vary("micro-batch off", micro_batch=0)
     else:
@@ -196,12 +134,12 @@ class Peaks:
 
 def run(models: list[str], steps: int, repeats: int, warmup: int, quick: bool, try_compile: bool,
         device_choice: str = "auto", data_dir: str | None = None, workers: int = 0,
-        echo=print) -> tuple[list[Record], Peaks]:
+        echo=print) -> tuple[list[readings.Record], Peaks]:
     device = pick_device(device_choice)
     dataset = fmnist.load(data_dir)
     root = torchvision_root(dataset.source)
     peaks = Peaks(device, echo)
-    records: list[Record] = []
+    records: list[readings.Record] = []
     try:
         for name in models:
             config = bench_config(name)
@@ -224,7 +162,7 @@ def run(models: list[str], steps: int, repeats: int, warmup: int, quick: bool, t
             naive_rates, *project_rates = interleaved_rates(timed, device, n_steps, repeats)
             del timed  # every setting's model and optimizer
             rates.update(zip(together, project_rates, strict=True))
-            naive = Record(model=name, pipeline="naive", precision="fp32",
+            naive = readings.Record(model=name, pipeline="naive", precision="fp32",
                            settings={"batch_size": batch, "channels_last": False, "compile": False,
                                      "threads": torch.get_num_threads(), "workers": workers},
                            images_per_s=statistics.median(naive_rates), ratio_vs_naive=1.0,
@@ -234,7 +172,7 @@ def run(models: list[str], steps: int, repeats: int, warmup: int, quick: bool, t
             for i, setting in enumerate(grid):
                 ips = statistics.median(rates[i])
                 paired = (i in together and len(rates[i]) == len(naive_rates))
-                records.append(Record(
+                records.append(readings.Record(
                     model=name, pipeline="project", precision=setting.precision,
                     settings=setting.describe(), images_per_s=ips,
                     ratio_vs_naive=ips / naive.images_per_s, train_gflop_per_image=flops / 1e9,
@@ -242,7 +180,7 @@ def run(models: list[str], steps: int, repeats: int, warmup: int, quick: bool, t
                     ratio_rounds=[p / n for p, n in zip(rates[i], naive_rates, strict=True)]
                     if paired else [ips / naive.images_per_s]))
             for r in records[-len(grid) - 1:]:
-                echo(_line(r))
+                echo(readings.line(r))
         for r in records:  # the peak of each precision and thread count in use
             peaks[(r.precision, r.settings["threads"])]
         peaks.remeasure()
@@ -257,78 +195,14 @@ def run(models: list[str], steps: int, repeats: int, warmup: int, quick: bool, t
     return records, peaks
 
 
-def default_verdicts(records: list[Record]) -> list[dict]:
-    """Per model: the default setting against the fastest setting tried that a default may be
-    (batch sizes change the recipe, bf16 is allowed only where its accuracy was checked). The
-    target: the default within 5% of it. "yes": its median is; "no": every round of the best
-    beat every round of the default by more than 5% (stats.every_round_faster); otherwise "not
-    resolved": the rounds are too spread to tell. And the default against the naive pipeline:
-    at least NAIVE_TARGET x in every round ("yes"), in none ("no"), or "not resolved"."""
-    verdicts = []
-    for model in dict.fromkeys(r.model for r in records):
-        tried = [r for r in records if r.model == model and r.pipeline == "project"
-                 and not r.label.startswith("batch ") and "not checked" not in r.label]
-        default = next(r for r in tried if r.label == "default")
-        best = max(tried, key=lambda r: r.images_per_s)
-        if default.images_per_s >= 0.95 * best.images_per_s:
-            verdict = "yes"
-        elif stats.every_round_faster(best.repeats, default.repeats, by=1 / 0.95):
-            verdict = "no"
-        else:
-            verdict = "not resolved"
-        rounds = default.ratio_rounds or ([default.ratio_vs_naive] if default.ratio_vs_naive else [])
-        naive_verdict = at_least(rounds, NAIVE_TARGET)
-        verdicts.append({"model": model, "default_images_per_s": default.images_per_s,
-                         "best": best.label, "best_images_per_s": best.images_per_s,
-                         "default_over_best": default.images_per_s / best.images_per_s,
-                         "within_5_percent": verdict, "x_naive": default.ratio_text(),
-                         "at_least_3x_naive": naive_verdict})
-    return verdicts
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f}"
-
-
-def _line(r: Record) -> str:
-    return (f"{r.model:18s} {r.pipeline:8s} {r.label:32s} {r.images_per_s:10,.0f} img/s  "
-            f"x naive {r.ratio_text()}")
-
-
-def markdown(records: list[Record], meta: dict) -> str:
-    lines = [f"# Training throughput: {meta['device_name']}", "",
-             f"Training throughput on {meta['cpu']} ({meta['device']}), torch {meta['torch']}; "
-             f"load average {meta['load_before']:.1f} before the run, {meta['load_after']:.1f} after. "
-             + (f"Kernels held to a lesser instruction set: "
-                f"{', '.join(f'{k}={v}' for k, v in meta['forced_kernels'].items())}. "
-                if meta.get("forced_kernels") else "") +
-             f"Each figure is the median of {meta['repeats']} rounds; in each round the naive "
-             "pipeline and every setting ran in turn.", "",
-             "## Peaks", "",
-             "| precision | threads | measured GFLOP/s (best GEMM) | theoretical GFLOP/s | how |",
-             "|---|---:|---:|---:|---|"]
-    for p in meta["peaks"]:
-        theory = "-" if p["theoretical_gflops"] is None else f"{p['theoretical_gflops']:,.0f}"
-        lines.append(f"| {p['precision']} | {p['threads']} | {p['gflops']:,.0f} ({p['shape']}) | "
-                     f"{theory} | {p['theoretical'] or ''} |")
-    lines += ["", "## Every setting", "",
-              "| model | pipeline | setting | precision | batch | threads | images/s | rounds "
-              "| x naive (rounds) | % of measured peak | % of theoretical |",
-              "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|"]
-    for r in records:
-        lines.append(f"| {r.model} | {r.pipeline} | {r.label} | {r.precision} | "
-                     f"{r.settings['batch_size']} | {r.settings['threads']} | {r.images_per_s:,.0f} | "
-                     f"{min(r.repeats):,.0f}-{max(r.repeats):,.0f} | {r.ratio_text()} | "
-                     f"{_percent(r.fraction_of_peak)} | {_percent(r.fraction_of_theoretical)} |")
-    lines += ["", "## Defaults", "",
-              "| model | default images/s | fastest setting a default may be | its images/s "
-              "| default / fastest | default within 5% | default x naive | at least 3x naive |",
-              "|---|---:|---|---:|---:|---|---|---|"]
-    for v in default_verdicts(records):
-        lines.append(f"| {v['model']} | {v['default_images_per_s']:,.0f} | {v['best']} | "
-                     f"{v['best_images_per_s']:,.0f} | {v['default_over_best']:.2f} | "
-                     f"{v['within_5_percent']} | {v['x_naive']} | {v['at_least_3x_naive']} |")
-    return "\n".join(lines) + "\n"
+def rerender(path: Path) -> None:
+    """Rewrite a committed throughput.json's verdicts and its throughput.md by today's code (after
+    a change in how they are read), its measurements untouched."""
+    payload = json.loads(path.read_text())
+    records = [readings.Record(**r) for r in payload["records"]]
+    payload["defaults"] = readings.default_verdicts(records)
+    fileio.write_text(path, json.dumps(payload, indent=2) + "\n")
+    fileio.write_text(path.with_suffix(".md"), readings.markdown(records, payload["meta"]))
 
 
 def default_out() -> Path:
@@ -341,9 +215,10 @@ def default_out() -> Path:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
                    help="registered models, or headline (the headline network)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per repeat (alexnet and "
-                   "squeezenet1_0 on CPU use a quarter)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=6, help="timed steps per round (alexnet and "
+                   "squeezenet1_0 on CPU use a quarter, at least one)")
+    p.add_argument("--repeats", type=int, default=10, help="interleaved rounds: the ratios' "
+                   "intervals come from their spread")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="defaults, precision and layout only")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile setting")
@@ -376,9 +251,9 @@ def main(args: argparse.Namespace) -> int:
             "forced_kernels": {k: os.environ[k] for k in FORCED_KERNELS_ENV if os.environ.get(k)},
             "steps": args.steps, "repeats": args.repeats}
     payload = {"meta": meta, "records": [r.__dict__ for r in records],
-               "defaults": default_verdicts(records)}
+               "defaults": readings.default_verdicts(records)}
     fileio.write_text(out / "throughput.json", json.dumps(payload, indent=2) + "\n")
-    table = markdown(records, meta)
+    table = readings.markdown(records, meta)
     fileio.write_text(out / "throughput.md", table)
     print()
     print(table)
