@@ -222,3 +222,30 @@ def test_a_missing_or_damaged_run_stops_the_report_naming_it(tmp_path, capsys):
     (tmp_path / "lenet-s1").mkdir()
     (tmp_path / "lenet-s1" / "checkpoint.pt").write_bytes(b"")
     assert report.incomplete_runs(tmp_path, ["lenet-s1"]) == ["lenet-s1 (unfinished: no metrics.json)"]
+
+
+def test_headline_speed_table_reads_the_bf16_default_against_fp32_round_by_round(tmp_path, monkeypatch):
+    def record(label, precision, rounds):
+        return {"model": "headline", "pipeline": "project", "precision": precision, "label": label,
+                "images_per_s": sorted(rounds)[len(rounds) // 2], "settings": {}, "repeats": rounds}
+
+    before = "fp32, torch's dropout, AdamW for-loop"
+    bf16 = [record("default", "bf16", [400.0, 420.0, 410.0, 430.0]),
+            record("fp32", "fp32", [250.0, 262.0, 256.0, 269.0]),  # 1.60x in every round
+            record(before, "fp32", [300.0, 250.0, 290.0, 240.0])]  # 1.33-1.79x: too spread
+    fp32 = [record("default", "fp32", [250.0] * 4), record("bf16", "bf16", [100.0] * 4)]
+    for kind, records in (("avx512_bf16", bf16), ("avx2", fp32)):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / "throughput.json").write_text(json.dumps({"meta": {}, "records": records}))
+    monkeypatch.setattr(record_tables, "BENCHMARKS", tmp_path)
+    rows = report.headline_speed_table(None).splitlines()[2:]
+    assert len(rows) == 2 and not any("avx2 |" in row for row in rows)  # a bf16 default only
+    assert rows[0] == "| avx512_bf16 | 1 | fp32 | 420 | 262 | 1.60 (1.60-1.60), 4 | yes |"
+    assert rows[1].startswith(f"| avx512_bf16 | 1 | {before} | 420 | 290 | 1.54 (")
+    assert rows[1].endswith("), 4 | not resolved |")
+    # a second reading kept beside the benchmark: its rows, then both readings' rounds together
+    (tmp_path / "avx512_bf16" / "headline-reading-2.json").write_text(json.dumps({"records": bf16}))
+    rows = report.headline_speed_table(None).splitlines()[2:]
+    assert [row.split(" | ")[1:3] for row in rows] == [
+        ["1", "fp32"], ["1", before], ["2", "fp32"], ["2", before], ["all 2", "fp32"], ["all 2", before]]
+    assert rows[4] == "| avx512_bf16 | all 2 | fp32 |  |  | 1.60 (1.60-1.60), 8 | yes |"

@@ -211,6 +211,11 @@ def test_the_headline_networks_bf16_default_rests_on_its_validation_check():
     assert recipe(bf16) == recipe(fp32)
     assert REGISTRY["squeezenet_design"].bf16_checked
     assert abs(100 * (bf16["val_acc"] - fp32["val_acc"])) <= 0.3
+    # the faster pipeline (models.dropout, the fused AdamW): the same configuration, trained by it
+    fast = read_metrics(RUNS_DIR / "headline2-fast-s0" / "metrics.json")
+    assert fast["precision"] == "bf16" and fast["sealed"] and fast["test_acc"] is None
+    assert recipe(fast) == recipe(fp32)
+    assert abs(100 * (fast["val_acc"] - fp32["val_acc"])) <= 0.3
 
 
 def test_fit_applies_tuned_threads_and_restores_them(cache, small_fashion_mnist):

@@ -8,8 +8,8 @@ at the same precision and thread count: the best of several GEMMs measured in th
 (`pipelines.gemm_peak`, at the start and again at the end) and the CPU's theoretical one
 (`machine.theoretical_peak`). Warm-up steps are excluded; the naive pipeline and every setting of
 a model are timed in the same rounds, each visiting them all in turn (`interleaved_rates`), so a
-ratio is read round by round and marked "not resolved" where its rounds disagree. Writes
-outputs/benchmarks/<cpu kind>/throughput.json and .md.
+ratio is read round by round, with the 95% interval its rounds support (`readings`, which also
+renders the table). Writes outputs/benchmarks/<cpu kind>/throughput.json and .md.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def default_verdicts(records: list[Record]) -> list[dict]:
         else:
             verdict = "not resolved"
         rounds = default.ratio_rounds or ([default.ratio_vs_naive] if default.ratio_vs_naive else [])
-        naive_verdict = at_least(rounds, NAIVE_TARGET)
+        naive_verdict = at_least(rounds, NAIVE_TARGET) if model in SMALL_MODELS else "(no target)"
         verdicts.append({"model": model, "default_images_per_s": default.images_per_s,
                          "best": best.label, "best_images_per_s": best.images_per_s,
                          "default_over_best": default.images_per_s / best.images_per_s,
