@@ -158,9 +158,10 @@ class Ratio:
 def ratio_interval(ratios: Sequence[float]) -> Ratio:
     """A paired t-interval on the logs of `ratios`, exponentiated: a speed-up measured round by
     round (each round timing both sides in turn) with the interval its rounds support."""
-    logs = np.log(np.asarray(ratios, dtype=float))
-    if len(logs) == 0 or not np.all(np.isfinite(logs)):
+    values = np.asarray(ratios, dtype=float)
+    if len(values) == 0 or not np.all(np.isfinite(values) & (values > 0)):
         raise ValueError(f"ratios must be positive and finite, got {list(ratios)}")
+    logs = np.log(values)
     c = paired(logs, "log ratio")
     return Ratio(len(logs), math.exp(c.diff), math.exp(c.low), math.exp(c.high))
 
