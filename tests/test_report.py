@@ -240,12 +240,12 @@ def test_headline_speed_table_reads_the_bf16_default_against_fp32_round_by_round
     monkeypatch.setattr(record_tables, "BENCHMARKS", tmp_path)
     rows = report.headline_speed_table(None).splitlines()[2:]
     assert len(rows) == 2 and not any("avx2 |" in row for row in rows)  # a bf16 default only
-    assert rows[0] == "| avx512_bf16 | 1 | fp32 | 420 | 262 | 1.60 (1.60-1.60), 4 | yes |"
+    assert rows[0] == "| avx512_bf16 | 1 | fp32 | 420 | 262 | 1.60 (1.60-1.60), 4 rounds | yes |"
     assert rows[1].startswith(f"| avx512_bf16 | 1 | {before} | 420 | 290 | 1.54 (")
-    assert rows[1].endswith("), 4 | not resolved |")
-    # a second reading kept beside the benchmark: its rows, then both readings' rounds together
+    assert rows[1].endswith("), 4 rounds | not resolved |")
+    # a second reading kept beside the benchmark: its rows, then each reading's speed-up as one value
     (tmp_path / "avx512_bf16" / "headline-reading-2.json").write_text(json.dumps({"records": bf16}))
     rows = report.headline_speed_table(None).splitlines()[2:]
     assert [row.split(" | ")[1:3] for row in rows] == [
         ["1", "fp32"], ["1", before], ["2", "fp32"], ["2", before], ["all 2", "fp32"], ["all 2", before]]
-    assert rows[4] == "| avx512_bf16 | all 2 | fp32 |  |  | 1.60 (1.60-1.60), 8 | yes |"
+    assert rows[4] == "| avx512_bf16 | all 2 | fp32 |  |  | 1.60 (1.60-1.60), 2 readings | yes |"
