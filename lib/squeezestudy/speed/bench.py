@@ -51,6 +51,8 @@ HEAVY_GFLOP_PER_IMAGE = 0.5
 # Where set, torch's and oneDNN's kernels were held to a lesser instruction set than the CPU's (an
 # AVX2 machine's kernels, timed on an AVX-512 one); the record says so.
 FORCED_KERNELS_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "SQUEEZESTUDY_SIMULATE_CPU")
+
+
 def default_setting(name: str, device: torch.device) -> Setting:
     """What `fit` does by default on this device."""
     config = bench_config(name)
@@ -195,14 +197,22 @@ def run(models: list[str], steps: int, repeats: int, warmup: int, quick: bool, t
     return records, peaks
 
 
+def save(out: Path, records: list[readings.Record], meta: dict) -> str:
+    """Write throughput.json (the records, their meta and their verdicts) and throughput.md (the
+    table, which it returns) into `out`."""
+    payload = {"meta": meta, "records": [r.__dict__ for r in records],
+               "defaults": readings.default_verdicts(records)}
+    fileio.write_text(out / "throughput.json", json.dumps(payload, indent=2) + "\n")
+    table = readings.markdown(records, meta)
+    fileio.write_text(out / "throughput.md", table)
+    return table
+
+
 def rerender(path: Path) -> None:
     """Rewrite a committed throughput.json's verdicts and its throughput.md by today's code (after
     a change in how they are read), its measurements untouched."""
     payload = json.loads(path.read_text())
-    records = [readings.Record(**r) for r in payload["records"]]
-    payload["defaults"] = readings.default_verdicts(records)
-    fileio.write_text(path, json.dumps(payload, indent=2) + "\n")
-    fileio.write_text(path.with_suffix(".md"), readings.markdown(records, payload["meta"]))
+    save(path.parent, [readings.Record(**r) for r in payload["records"]], payload["meta"])
 
 
 def default_out() -> Path:
@@ -220,7 +230,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=10, help="interleaved rounds: the ratios' "
                    "intervals come from their spread")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="defaults, precision and layout only")
+    p.add_argument("--quick", action="store_true", help="the default, precision, layout, the old "
+                   "pipeline and micro-batches only (no batch sizes, torch.compile or threads)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile setting")
     cores = os.cpu_count() or 1
     p.add_argument("--workers", type=int, default=0 if cores <= 2 else 4,
@@ -250,11 +261,7 @@ def main(args: argparse.Namespace) -> int:
             "load_before": load_before, "load_after": os.getloadavg()[0],
             "forced_kernels": {k: os.environ[k] for k in FORCED_KERNELS_ENV if os.environ.get(k)},
             "steps": args.steps, "repeats": args.repeats}
-    payload = {"meta": meta, "records": [r.__dict__ for r in records],
-               "defaults": readings.default_verdicts(records)}
-    fileio.write_text(out / "throughput.json", json.dumps(payload, indent=2) + "\n")
-    table = readings.markdown(records, meta)
-    fileio.write_text(out / "throughput.md", table)
+    table = save(out, records, meta)
     print()
     print(table)
     over = [r for r in records if r.fraction_of_peak and r.fraction_of_peak > 1]
