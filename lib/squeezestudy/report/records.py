@@ -239,7 +239,7 @@ def headline_speed_table(runs: pd.DataFrame) -> str:
                          values, readings.HEADLINE_TARGET)})
 
     for kind, record in benchmark_records("throughput.json"):
-        pooled: dict[str, list[float]] = {}
+        means: dict[str, list[float]] = {}  # each reading's speed-up, by what it is read against
         taken = 0
         for reading, records in _headline_readings(kind, record):
             default = next((r for r in records if r.label == "default" and r.precision == "bf16"), None)
@@ -248,12 +248,12 @@ def headline_speed_table(runs: pd.DataFrame) -> str:
                 if other is None or len(other.repeats) != len(default.repeats):
                     continue
                 rounds = readings.speedup_rounds(default, other)
-                pooled.setdefault(label, []).append(stats.ratio_interval(rounds).mean)
+                means.setdefault(label, []).append(stats.ratio_interval(rounds).mean)
                 row(kind, reading, label, rounds, f"{default.images_per_s:,.0f}",
                     f"{other.images_per_s:,.0f}")
             taken += default is not None
-        for label, means in pooled.items() if taken > 1 else ():
-            row(kind, f"all {taken}", label, means, "", "", unit="readings")
+        for label, values in means.items() if taken > 1 else ():
+            row(kind, f"all {taken}", label, values, "", "", unit="readings")
     return markdown_table(pd.DataFrame(rows), "lllrrll")
 
 
