@@ -154,6 +154,10 @@ class Ratio:
     low: float
     high: float
 
+    def text(self) -> str:
+        """`1.81 (1.72-1.90)`: the mean and its interval."""
+        return f"{self.mean:.2f} ({self.low:.2f}-{self.high:.2f})"
+
 
 def ratio_interval(ratios: Sequence[float]) -> Ratio:
     """A paired t-interval on the logs of `ratios`, exponentiated: a speed-up measured round by

@@ -197,7 +197,7 @@ def speed_table(runs: pd.DataFrame) -> str:
                 "default images/s (rounds)": f"{default.images_per_s:,.0f} "
                 f"({min(default.repeats):,.0f}-{max(default.repeats):,.0f})",
                 "s an epoch": f"{55_000 / default.images_per_s:,.0f}",
-                "x naive (rounds)": verdict["x_naive"],
+                "x naive (95% interval)": verdict["x_naive"],
                 "% of peak: measured, theoretical": f"{100 * (default.fraction_of_peak or 0):.0f}, "
                 f"{100 * (default.fraction_of_theoretical or 0):.0f}",
                 "default": settings.Choice(**{k: s[k] for k in settings.SETTINGS}).label(),
@@ -233,8 +233,7 @@ def headline_speed_table(runs: pd.DataFrame) -> str:
         ratio = stats.ratio_interval(values)
         rows.append({"CPU kind": kind, "reading": reading, "against": label,
                      "bf16 default images/s": default_ips, "its images/s": other_ips,
-                     "speed-up (95% interval), n": f"{ratio.mean:.2f} ({ratio.low:.2f}-"
-                     f"{ratio.high:.2f}), {ratio.n} {unit}",
+                     "speed-up (95% interval), n": f"{ratio.text()}, {ratio.n} {unit}",
                      f"at least {readings.HEADLINE_TARGET:g}x": readings.at_least(
                          values, readings.HEADLINE_TARGET)})
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from squeezestudy.analysis import stats
 
-# A ratio is resolved when its rounds lie within this share of their median, either way.
+# A ratio is resolved when the 95% interval of its rounds lies within this share of their
+# geometric mean, either way.
 RATIO_SPREAD = 0.10
 SMALL_MODELS = ("squeezenet_fmnist", "lenet")  # the models the 3x-naive target is for
 NAIVE_TARGET = 3.0
@@ -51,10 +52,9 @@ class Record:
         if len(self.ratio_rounds) == 1:
             return f"not resolved ({self.ratio_rounds[0]:.2f}, one round)"
         ratio = stats.ratio_interval(self.ratio_rounds)
-        interval = f"{ratio.low:.2f}-{ratio.high:.2f}"
         if ratio_resolved(self.ratio_rounds):
-            return f"{ratio.mean:.2f} ({interval})"
-        return f"not resolved ({interval})"
+            return ratio.text()
+        return f"not resolved ({ratio.low:.2f}-{ratio.high:.2f})"
 
 
 def ratio_resolved(rounds: list[float]) -> bool:
@@ -140,7 +140,7 @@ def markdown(records: list[Record], meta: dict) -> str:
                      f"{theory} | {p['theoretical'] or ''} |")
     lines += ["", "## Every setting", "",
               "| model | pipeline | setting | precision | batch | threads | images/s | rounds "
-              "| x naive (rounds) | % of measured peak | % of theoretical |",
+              "| x naive (95% interval) | % of measured peak | % of theoretical |",
               "|---|---|---|---|---:|---:|---:|---:|---|---:|---:|"]
     for r in records:
         lines.append(f"| {r.model} | {r.pipeline} | {r.label} | {r.precision} | "
