@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from squeezestudy.core import fileio, machine
+from squeezestudy.core import allocator, fileio, machine
 from squeezestudy.core.device import bf16_supported, device_name, pick_device
 from squeezestudy.core.paths import BENCHMARKS_DIR, ensure_writable_dir
 from squeezestudy.data import fashion_mnist as fmnist
@@ -260,7 +260,8 @@ def main(args: argparse.Namespace) -> int:
             "tuned": bool(read_cache().get(machine_key(device))), "peaks": peaks.table(),
             "load_before": load_before, "load_after": os.getloadavg()[0],
             "forced_kernels": {k: os.environ[k] for k in FORCED_KERNELS_ENV if os.environ.get(k)},
-            "steps": args.steps, "repeats": args.repeats}
+            "steps": args.steps, "repeats": args.repeats, "allocator": allocator.keep_freed_memory()
+            if device.type == "cpu" else "-"}
     table = save(out, records, meta)
     print()
     print(table)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from squeezestudy import __version__
-from squeezestudy.core import fileio, lock, paths
+from squeezestudy.core import allocator, fileio, lock, paths
 from squeezestudy.core.device import (
     device_label,
     device_name,
@@ -119,6 +119,8 @@ def fit(
 def _fit(config: TrainConfig, dataset: fmnist.FashionMNIST | None, out_path: Path | None, resume: bool,
          quiet: bool, data_dir: str | Path | None, force: bool) -> RunResult:
     device = pick_device(config.device)
+    if device.type == "cpu":
+        allocator.keep_freed_memory()  # no page faults for each step's activations
     state, old_files = _open_run_dir(out_path, config, resume, force, device) \
         if out_path is not None else (None, ())
     start_epoch = state["epoch"] if state else 0
