@@ -212,12 +212,12 @@ def speed_table(runs: pd.DataFrame) -> str:
             + markdown_table(pd.DataFrame(rows), "llrrrlrllll"))
 
 
-def _headline_readings(kind: str, first: dict) -> list[tuple[str, list[readings.Record]]]:
-    """The headline network's records of each reading of a kind: the benchmark's own
-    (throughput.json), then any further readings kept beside it (headline-reading-<k>.json)."""
+def _readings(kind: str, first: dict, model: str) -> list[tuple[str, list[readings.Record]]]:
+    """A model's records in each reading of a kind: the benchmark's own (throughput.json), then
+    any further readings kept beside it (<model>-reading-<k>.json)."""
     found = [("1", first)] + [(p.stem.rsplit("-", 1)[-1], json.loads(p.read_text()))
-                              for p in sorted((BENCHMARKS / kind).glob("headline-reading-*.json"))]
-    return [(name, [readings.Record(**r) for r in payload["records"] if r["model"] == bench.HEADLINE])
+                              for p in sorted((BENCHMARKS / kind).glob(f"{model}-reading-*.json"))]
+    return [(name, [readings.Record(**r) for r in payload["records"] if r["model"] == model])
             for name, payload in found]
 
 
@@ -240,7 +240,7 @@ def headline_speed_table(runs: pd.DataFrame) -> str:
     for kind, record in benchmark_records("throughput.json"):
         means: dict[str, list[float]] = {}  # each reading's speed-up, by what it is read against
         taken = 0
-        for reading, records in _headline_readings(kind, record):
+        for reading, records in _readings(kind, record, bench.HEADLINE):
             default = next((r for r in records if r.label == "default" and r.precision == "bf16"), None)
             for label in readings.HEADLINE_BEFORE if default else ():
                 other = next((r for r in records if r.label == label), None)
@@ -254,6 +254,49 @@ def headline_speed_table(runs: pd.DataFrame) -> str:
         for label, values in means.items() if taken > 1 else ():
             row(kind, f"all {taken}", label, values, "", "", unit="readings")
     return markdown_table(pd.DataFrame(rows), "lllrrll")
+
+
+def small_model_readings_table(runs: pd.DataFrame) -> str:
+    """The small models where a kind has more than one reading of them: per reading, the default
+    against the naive pipeline and against the setting that was fastest in the first reading (each
+    read round by round); over all readings, each reading's geometric mean as one value with a 95%
+    t-interval, and the verdicts: at least NAIVE_TARGET x naive (its low end at or above it: yes;
+    its high end below: no), the default within 5% (the faster setting's speed-up: high end at
+    most 1 / 0.95: yes; low end above it: no); otherwise not resolved."""
+    rows = []
+    for kind, record in benchmark_records("throughput.json"):
+        for model in readings.SMALL_MODELS:
+            taken = [(name, recs) for name, recs in _readings(kind, record, model) if recs]
+            if len(taken) < 2:
+                continue
+            best = next(v["best"] for v in readings.default_verdicts(taken[0][1]))
+            naive_means, best_means = [], []
+            for name, recs in taken:
+                default = next(r for r in recs if r.label == "default")
+                other = next((r for r in recs if r.label == best and best != "default"), None)
+                naive_means.append(stats.ratio_interval(default.ratio_rounds).mean)
+                over = stats.ratio_interval(readings.speedup_rounds(other, default)) if other else None
+                if over:
+                    best_means.append(over.mean)
+                rows.append({"CPU kind": kind, "model": model, "reading": name,
+                             "default images/s": f"{default.images_per_s:,.0f}",
+                             "x naive (95% interval)": stats.ratio_interval(default.ratio_rounds).text(),
+                             "faster setting (of reading 1)": best if other else "none",
+                             "its speed-up over the default": over.text() if over else "",
+                             "at least 3x naive": "", "default within 5%": ""})
+            over_all = stats.ratio_interval(best_means) if best_means else None
+            within = ("-" if over_all is None else "yes" if over_all.high <= 1 / 0.95
+                      else "no" if over_all.low > 1 / 0.95 else "not resolved")
+            rows.append({"CPU kind": kind, "model": model, "reading": f"all {len(taken)}",
+                         "default images/s": "",
+                         "x naive (95% interval)": stats.ratio_interval(naive_means).text(),
+                         "faster setting (of reading 1)": best if over_all else "none",
+                         "its speed-up over the default": over_all.text() if over_all else "",
+                         "at least 3x naive": readings.at_least(naive_means, readings.NAIVE_TARGET),
+                         "default within 5%": within})
+    if not rows:
+        return "No small model has more than one reading on any kind.\n"
+    return markdown_table(pd.DataFrame(rows), "lllrllll" + "l")
 
 
 def _weights_family(run: str) -> str:
