@@ -152,21 +152,31 @@ def test_bf16_of_an_unchecked_model_is_timed_but_never_the_best_a_default_may_be
 
 def test_archived_benchmarks_stay_below_the_theoretical_peak():
     """The archived AVX2 run's old single-GEMM peak was exceeded (its note says so); the ceiling of
-    its CPU, two AVX2 cores of an AMD EPYC at the line's highest boost, never is."""
+    its CPU, two AVX2 cores of an AMD EPYC at the line's highest boost, never is. Runs archived
+    after the peaks were measured per GEMM stay below the theoretical peak they recorded. Each
+    archived table says why it was archived."""
     from squeezestudy.core import machine
     from squeezestudy.core.paths import OUTPUTS
 
     archived = sorted((OUTPUTS / "benchmarks" / "archive").glob("*/throughput.json"))
-    assert archived
+    assert len(archived) >= 3
     for path in archived:
         payload = json.loads(path.read_text())
-        _, model, isa, threads, _ = (part.strip() for part in payload["meta"]["machine"].split("|"))
-        kind = {"AVX2": "avx2"}[isa]
-        cpu = machine.Machine(kind, model, isa, vendor=model.split()[0], cores=int(threads.split()[0]))
+        if "peaks" in payload["meta"]:
+            ceilings = {(p["precision"], p["threads"]): p["theoretical_gflops"]
+                        for p in payload["meta"]["peaks"]}
+        else:
+            _, model, isa, threads, _ = (part.strip() for part in payload["meta"]["machine"].split("|"))
+            cpu = machine.Machine({"AVX2": "avx2"}[isa], model, isa, vendor=model.split()[0],
+                                  cores=int(threads.split()[0]))
+            ceilings = {(r["precision"], r["settings"]["threads"]):
+                        cpu.theoretical_peak(r["precision"], r["settings"]["threads"]).flops / 1e9
+                        for r in payload["records"]}
+            assert "not comparable" in path.with_suffix(".md").read_text()
         for r in payload["records"]:
-            ceiling = cpu.theoretical_peak(r["precision"], r["settings"]["threads"]).flops / 1e9
+            ceiling = ceilings[(r["precision"], r["settings"]["threads"])]
             assert r["train_gflop_per_image"] * r["images_per_s"] <= ceiling, (path, r["label"])
-        assert "not comparable" in path.with_suffix(".md").read_text()
+        assert "> Archived as measured" in path.with_suffix(".md").read_text()
 
 
 @pytest.mark.parametrize("path", committed_benchmarks(),

@@ -249,3 +249,24 @@ def test_headline_speed_table_reads_the_bf16_default_against_fp32_round_by_round
     assert [row.split(" | ")[1:3] for row in rows] == [
         ["1", "fp32"], ["1", before], ["2", "fp32"], ["2", before], ["all 2", "fp32"], ["all 2", before]]
     assert rows[4] == "| avx512_bf16 | all 2 | fp32 |  |  | 1.60 (1.60-1.60), 2 readings | yes |"
+
+
+def test_small_model_readings_take_each_reading_as_one_value(tmp_path, monkeypatch):
+    (tmp_path / "avx2").mkdir()
+    (tmp_path / "avx2" / "throughput.json").write_text(json.dumps(benchmark()))
+    monkeypatch.setattr(record_tables, "BENCHMARKS", tmp_path)
+    assert report.small_model_readings_table(None).startswith("No small model has more than one")
+    # two more readings of LeNet: 3.6, 3.3 and 3.45x naive in every round; micro-batch off
+    # 1.11x, 1.21x, 1.16x the default
+    for k, (default, off) in enumerate([((3300.0,) * 3, (4000.0,) * 3), ((3450.0,) * 3, (4000.0,) * 3)], 2):
+        payload = benchmark(default_rounds=default)
+        payload["records"][2]["repeats"] = list(off)
+        (tmp_path / "avx2" / f"lenet-reading-{k}.json").write_text(json.dumps(payload))
+    rows = report.small_model_readings_table(None).splitlines()[2:]
+    assert [row.split(" | ")[2] for row in rows] == ["1", "2", "3", "all 3"]
+    assert rows[1] == ("| avx2 | lenet | 2 | 3,300 | 3.30 (3.30-3.30) | micro-batch off | "
+                       "1.21 (1.21-1.21) |  |  |")
+    *_, naive, setting, faster, at_least, within, _ = rows[3].split("|")
+    assert naive.strip().startswith("3.4") and setting.strip() == "micro-batch off"
+    assert at_least.strip() == "yes"  # three readings at 3.30-3.45x
+    assert within.strip() == "no"  # micro-batch off 1.11-1.21x faster in every reading
