@@ -50,10 +50,14 @@ class Setting:
 
 
 # The GEMMs a peak is measured on: square products of several sizes through torch.matmul (BLAS),
-# and 1x1 convolutions in channels_last (oneDNN, the library the models' convolutions run on):
-# which one is fastest differs between CPUs and precisions.
+# and convolutions in channels_last (oneDNN, the library the models' convolutions run on): 1x1
+# ones, and AlexNet-112's 5x5 and 3x3 layers, which oneDNN runs closer to the machine's peak than
+# any 1x1 one (with the allocator's gain, its fp32 training reached 101% of a peak of 1x1
+# convolutions and matrix products). Which one is fastest differs between CPUs and precisions.
 CPU_MATMUL_SIZES = (256, 512, 1024, 2048)
-CPU_CONV_SHAPES = ((256, 256, 14, 14), (64, 512, 14, 14), (256, 128, 28, 28))  # N, C (in = out), H, W
+# N, C in, C out, H, W, kernel (padded to keep H, W)
+CPU_CONV_SHAPES = ((256, 256, 256, 14, 14, 1), (64, 512, 512, 14, 14, 1), (256, 128, 128, 28, 28, 1),
+                   (32, 64, 192, 13, 13, 5), (64, 192, 384, 6, 6, 3))
 CUDA_MATMUL_SIZES = (4096, 8192)
 
 
@@ -73,11 +77,12 @@ def _gemms(device: torch.device, dtype: torch.dtype) -> list[tuple[str, float, C
         a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
         gemms.append((f"matmul {n}", 2.0 * n**3, lambda a=a, b=b: a @ b))
     if device.type == "cpu":
-        for n, c, h, w in CPU_CONV_SHAPES:
+        for n, c, out, h, w, k in CPU_CONV_SHAPES:
             x = torch.randn(n, c, h, w, dtype=dtype).to(memory_format=torch.channels_last)
-            weight = torch.randn(c, c, 1, 1, dtype=dtype).to(memory_format=torch.channels_last)
-            gemms.append((f"conv1x1 {n}x{c}x{h}x{w}", 2.0 * n * h * w * c * c,
-                          lambda x=x, weight=weight: F.conv2d(x, weight)))
+            weight = torch.randn(out, c, k, k, dtype=dtype).to(memory_format=torch.channels_last)
+            name = f"conv{k}x{k} {n}x{c}x{h}x{w}" + (f"->{out}" if out != c else "")
+            gemms.append((name, 2.0 * n * h * w * c * out * k * k,
+                          lambda x=x, weight=weight, k=k: F.conv2d(x, weight, padding=k // 2)))
     return gemms
 
 
