@@ -4,13 +4,18 @@ glibc's malloc gives an allocation above its mmap threshold its own pages from t
 hands the top of its heap back once more than its trim threshold lies free there. Both thresholds
 start at 128 KiB and rise with what is freed, up to 32 MiB. A training step frees and allocates
 activations of a few MiB each, step after step, and with those defaults some of them come back
-as fresh pages every step: each first touch of a page is a page fault. On this study's CPU that
-was 1,919 page faults a step for the one-Fire SqueezeNet at batch 256 and 9,068 for the headline
-network, LeNet's smaller activations none (`outputs/logs/allocator-2026-12-06.log`).
+as fresh pages every step: each first touch of a page is a page fault. On this study's CPU (a
+2-core AMD EPYC, Zen 4) that was 4,072-4,324 page faults a step for the one-Fire SqueezeNet at
+batch 256 (in five processes of six; none in the sixth), 6,294-10,475 for the headline network,
+none for LeNet, whose activations are smaller. With the thresholds raised, none (AlexNet-112
+still 24,578: its largest buffers are over 32 MiB), and a step was 1.30x (95% interval
+1.10-1.53) as fast for the one-Fire SqueezeNet, 1.19x (1.02-1.39) for the headline network,
+1.10x (1.05-1.15) for AlexNet-112 and 1.01x (0.97-1.05) for LeNet; six pairs of processes each
+(`outputs/logs/allocator-2026-12-06.log`).
 
 `keep_freed_memory` raises both thresholds once per process (glibc's `mallopt`), so freed memory
-waits in the heap for the next step. The effect is the same as with jemalloc or tcmalloc
-preloaded (which PyTorch's CPU performance guide recommends), without another library. The
+waits in the heap for the next step: the remedy PyTorch's performance tuning guide gives for
+CPUs is another allocator (jemalloc or tcmalloc, preloaded); this one needs no other library. The
 process keeps the memory it has freed until it ends: at most its peak use. Nothing is computed
 differently.
 

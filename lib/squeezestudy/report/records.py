@@ -296,7 +296,7 @@ def small_model_readings_table(runs: pd.DataFrame) -> str:
                          "default within 5%": within})
     if not rows:
         return "No small model has more than one reading on any kind.\n"
-    return markdown_table(pd.DataFrame(rows), "lllrllll" + "l")
+    return markdown_table(pd.DataFrame(rows), "lllrlllll")
 
 
 def _weights_family(run: str) -> str:
