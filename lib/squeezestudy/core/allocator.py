@@ -2,7 +2,8 @@
 
 glibc's malloc gives an allocation above its mmap threshold its own pages from the kernel, and
 hands the top of its heap back once more than its trim threshold lies free there. Both thresholds
-start at 128 KiB and rise with what is freed, up to 32 MiB. A training step frees and allocates
+start at 128 KiB and rise with what is freed (the mmap threshold up to 32 MiB, the trim threshold
+to twice it). A training step frees and allocates
 activations of a few MiB each, step after step, and with those defaults some of them come back
 as fresh pages every step: each first touch of a page is a page fault. On this study's CPU (a
 2-core AMD EPYC, Zen 4) that was 4,072-4,324 page faults a step for the one-Fire SqueezeNet at
