@@ -3,9 +3,9 @@
 glibc's malloc gives an allocation above its mmap threshold its own pages from the kernel, and
 hands the top of its heap back once more than its trim threshold lies free there. Both thresholds
 start at 128 KiB and rise with what is freed (the mmap threshold up to 32 MiB, the trim threshold
-to twice it). A training step frees and allocates
-activations of a few MiB each, step after step, and with those defaults some of them come back
-as fresh pages every step: each first touch of a page is a page fault. On this study's CPU (a
+to twice it). A training step frees and allocates activations of a few MiB each, step after
+step, and with those defaults some of them come back as fresh pages every step: each first touch
+of a page is a page fault. On this study's CPU (a
 2-core AMD EPYC, Zen 4) that was 4,072-4,324 page faults a step for the one-Fire SqueezeNet at
 batch 256 (in five processes of six; none in the sixth), 6,294-10,475 for the headline network,
 none for LeNet, whose activations are smaller. With the thresholds raised, none (AlexNet-112
@@ -28,7 +28,6 @@ glibc's own variables (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`) or se
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
@@ -43,10 +42,10 @@ _state: dict[str, str] = {}
 def _glibc() -> ctypes.CDLL | None:
     """The process's C library if it is glibc (it alone has mallopt's thresholds), else None."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the symbols the process has loaded, its C library's among them
         libc.gnu_get_libc_version.restype = ctypes.c_char_p
         libc.gnu_get_libc_version()
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return None
     return libc
 
