@@ -274,13 +274,14 @@ def small_model_readings_table(runs: pd.DataFrame) -> str:
             for name, recs in taken:
                 default = next(r for r in recs if r.label == "default")
                 other = next((r for r in recs if r.label == best and best != "default"), None)
-                naive_means.append(stats.ratio_interval(default.ratio_rounds).mean)
+                x_naive = stats.ratio_interval(default.ratio_rounds)
+                naive_means.append(x_naive.mean)
                 over = stats.ratio_interval(readings.speedup_rounds(other, default)) if other else None
                 if over:
                     best_means.append(over.mean)
                 rows.append({"CPU kind": kind, "model": model, "reading": name,
                              "default images/s": f"{default.images_per_s:,.0f}",
-                             "x naive (95% interval)": stats.ratio_interval(default.ratio_rounds).text(),
+                             "x naive (95% interval)": x_naive.text(),
                              "faster setting (of reading 1)": best if other else "none",
                              "its speed-up over the default": over.text() if over else "",
                              "at least 3x naive": "", "default within 5%": ""})
