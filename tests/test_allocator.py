@@ -25,12 +25,13 @@ class FakeLibc:
 @pytest.fixture
 def fresh(monkeypatch):
     """A process that has not called keep_freed_memory, with glibc faked and no MALLOC_ variables."""
-    monkeypatch.setattr(allocator, "_state", {})
+    allocator.keep_freed_memory.cache_clear()
     for name in (*allocator.USER_VARIABLES, allocator.OPT_OUT):
         monkeypatch.delenv(name, raising=False)
     libc = FakeLibc()
     monkeypatch.setattr(allocator, "_glibc", lambda: libc)
-    return libc
+    yield libc
+    allocator.keep_freed_memory.cache_clear()
 
 
 def test_raises_both_thresholds_once(fresh):

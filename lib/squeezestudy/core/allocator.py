@@ -28,6 +28,7 @@ glibc's own variables (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`) or se
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters (malloc.h)
@@ -35,8 +36,6 @@ MMAP_THRESHOLD = 32 << 20  # glibc's largest: bigger allocations always get thei
 TRIM_THRESHOLD = 1 << 30  # keep up to 1 GiB free at the top of the heap
 USER_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 OPT_OUT = "SQUEEZESTUDY_MALLOC"  # "default": leave glibc's allocator as it is
-
-_state: dict[str, str] = {}
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -50,19 +49,15 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
+@functools.cache
 def keep_freed_memory() -> str:
-    """Raise glibc's mmap and trim thresholds for this process, once; returns what holds now:
-    "kept" (done, now or before), "not glibc", "user's MALLOC_ variables" or "opted out"."""
-    if "state" in _state:
-        return _state["state"]
+    """Raise glibc's mmap and trim thresholds for this process, once (later calls return the first
+    answer); returns what holds: "kept", "not glibc", "user's MALLOC_ variables" or "opted out"."""
     if os.environ.get(OPT_OUT, "").strip().lower() == "default":
-        state = "opted out"
-    elif any(os.environ.get(name) for name in USER_VARIABLES):
-        state = "user's MALLOC_ variables"
-    elif (libc := _glibc()) is None:
-        state = "not glibc"
-    else:
-        ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-        state = "kept" if ok else "not glibc"
-    _state["state"] = state
-    return state
+        return "opted out"
+    if any(os.environ.get(name) for name in USER_VARIABLES):
+        return "user's MALLOC_ variables"
+    if (libc := _glibc()) is None:
+        return "not glibc"
+    ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return "kept" if ok else "not glibc"
