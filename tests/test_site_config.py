@@ -85,3 +85,21 @@ def test_the_landing_page_has_every_name_the_site_serves_it_under():
     assert [checker.page_path(p) for p in ("/", "/index.html", "/README.html", "")] == ["/"] * 4
     assert checker.page_path("/docs/results.html") == "/docs/results.html"
     assert checker.is_page("/docs/results.html") and not checker.is_page("/_downloads/x/comparison.csv")
+
+
+def test_the_checks_server_is_quiet_only_when_the_browser_hangs_up(capsys):
+    """A browser that drops a linked file mid-transfer is not a fault of the site (CI's log used to
+    carry a BrokenPipeError traceback from it); any other error of the server is still printed."""
+    import http.server
+
+    server = site_check().QuietServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    try:
+        for error, printed in ((BrokenPipeError(32, "Broken pipe"), False),
+                               (ConnectionResetError(104, "reset"), False), (ValueError("a fault"), True)):
+            try:
+                raise error
+            except Exception:
+                server.handle_error(None, ("127.0.0.1", 1))
+            assert ("Traceback" in capsys.readouterr().err) is printed, error
+    finally:
+        server.server_close()
