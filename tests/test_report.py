@@ -263,10 +263,20 @@ def test_small_model_readings_take_each_reading_as_one_value(tmp_path, monkeypat
         payload["records"][2]["repeats"] = list(off)
         (tmp_path / "avx2" / f"lenet-reading-{k}.json").write_text(json.dumps(payload))
     rows = report.small_model_readings_table(None).splitlines()[2:]
-    assert [row.split(" | ")[2] for row in rows] == ["1", "2", "3", "all 3"]
-    assert rows[1] == ("| avx2 | lenet | 2 | 3,300 | 3.30 (3.30-3.30) | micro-batch off | "
+    assert [row.split(" | ")[3] for row in rows] == ["1", "2", "3", "all 3"]
+    assert rows[1] == ("| avx2 | lenet | benchmark | 2 | 3,300 | 3.30 (3.30-3.30) | micro-batch off | "
                        "1.21 (1.21-1.21) |  |  |")
     *_, naive, setting, faster, at_least, within, _ = rows[3].split("|")
     assert naive.strip().startswith("3.4") and setting.strip() == "micro-batch off"
     assert at_least.strip() == "yes"  # three readings at 3.30-3.45x
     assert within.strip() == "no"  # micro-batch off 1.11-1.21x faster in every reading
+    # a later series (the code changed) in a subfolder: its own rows and verdict, never pooled
+    # with the benchmark's; its readings in numeric order (10 after 2)
+    (tmp_path / "avx2" / "new-code").mkdir()
+    for k, default in ((1, 2000.0), (2, 2100.0), (10, 2050.0)):
+        payload = benchmark(default_rounds=(default,) * 3)
+        (tmp_path / "avx2" / "new-code" / f"lenet-reading-{k}.json").write_text(json.dumps(payload))
+    rows = report.small_model_readings_table(None).splitlines()[2:]
+    assert [row.split(" | ")[2:4] for row in rows[4:]] == [
+        ["new-code", "1"], ["new-code", "2"], ["new-code", "10"], ["new-code", "all 3"]]
+    assert rows[3].split(" | ")[8] == "yes" and rows[7].split(" | ")[8] == "no"  # 2.0-2.1x naive

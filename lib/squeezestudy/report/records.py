@@ -212,13 +212,25 @@ def speed_table(runs: pd.DataFrame) -> str:
             + markdown_table(pd.DataFrame(rows), "llrrrlrllll"))
 
 
-def _readings(kind: str, first: dict, model: str) -> list[tuple[str, list[readings.Record]]]:
-    """A model's records in each reading of a kind: the benchmark's own (throughput.json), then
-    any further readings kept beside it (<model>-reading-<k>.json)."""
-    found = [("1", first)] + [(p.stem.rsplit("-", 1)[-1], json.loads(p.read_text()))
-                              for p in sorted((BENCHMARKS / kind).glob(f"{model}-reading-*.json"))]
+def _readings(kind: str, first: dict | None, model: str, series: str = ""
+              ) -> list[tuple[str, list[readings.Record]]]:
+    """A model's records in each reading of a kind: the benchmark's own (throughput.json, `first`),
+    then any further readings kept beside it (<model>-reading-<k>.json); with `series`, the
+    readings of a later series kept in that subfolder (the code changed: none is pooled with the
+    benchmark's)."""
+    files = sorted((BENCHMARKS / kind / series).glob(f"{model}-reading-*.json"),
+                   key=lambda p: int(p.stem.rsplit("-", 1)[-1]))
+    found = ([("1", first)] if first is not None else []) + [
+        (p.stem.rsplit("-", 1)[-1], json.loads(p.read_text())) for p in files]
     return [(name, [readings.Record(**r) for r in payload["records"] if r["model"] == model])
             for name, payload in found]
+
+
+def _series(kind: str, first: dict, model: str) -> list[tuple[str, list[tuple[str, list[readings.Record]]]]]:
+    """(series, its readings) of a model on a kind: the benchmark's, then each subfolder's."""
+    later = sorted(p.name for p in (BENCHMARKS / kind).iterdir() if p.is_dir())
+    return [("benchmark", _readings(kind, first, model))] + [
+        (name, _readings(kind, None, model, name)) for name in later]
 
 
 def headline_speed_table(runs: pd.DataFrame) -> str:
@@ -257,49 +269,57 @@ def headline_speed_table(runs: pd.DataFrame) -> str:
 
 
 def small_model_readings_table(runs: pd.DataFrame) -> str:
-    """The small models where a kind has more than one reading of them: per reading, the default
-    against the naive pipeline and against the setting that was fastest in the first reading (each
-    read round by round); over all readings, each reading's geometric mean as one value with a 95%
-    t-interval, and the verdicts: at least NAIVE_TARGET x naive (its low end at or above it: yes;
-    its high end below: no), the default within 5% (the faster setting's speed-up: high end below
-    1 / 0.95: yes; low end at or above it: no, as `readings.default_verdicts` reads one reading);
-    otherwise not resolved."""
+    """The small models where a kind has more than one reading of them, by series (the
+    benchmark's, then any later one kept in a subfolder after the code changed; series are not
+    pooled): per reading, the default against the naive pipeline and against the setting that was
+    fastest in the series' first reading (each read round by round); over a series' readings, each
+    reading's geometric mean as one value with a 95% t-interval, and the verdicts: at least
+    NAIVE_TARGET x naive (its low end at or above it: yes; its high end below: no), the default
+    within 5% (the faster setting's speed-up: high end below 1 / 0.95: yes; low end at or above
+    it: no, as `readings.default_verdicts` reads one reading); otherwise not resolved."""
     rows = []
     for kind, record in benchmark_records("throughput.json"):
         for model in readings.SMALL_MODELS:
-            taken = [(name, recs) for name, recs in _readings(kind, record, model) if recs]
-            if len(taken) < 2:
-                continue
-            best = next(v["best"] for v in readings.default_verdicts(taken[0][1]))
-            naive_means, best_means = [], []
-            for name, recs in taken:
-                default = next(r for r in recs if r.label == "default")
-                other = next((r for r in recs if r.label == best and best != "default"), None)
-                x_naive = stats.ratio_interval(default.ratio_rounds)
-                naive_means.append(x_naive.mean)
-                over = stats.ratio_interval(readings.speedup_rounds(other, default)) if other else None
-                if over:
-                    best_means.append(over.mean)
-                rows.append({"CPU kind": kind, "model": model, "reading": name,
-                             "default images/s": f"{default.images_per_s:,.0f}",
-                             "x naive (95% interval)": x_naive.text(),
-                             "faster setting (of reading 1)": best if other else "none",
-                             "its speed-up over the default": over.text() if over else "",
-                             "at least 3x naive": "", "default within 5%": ""})
-            over_all = stats.ratio_interval(best_means) if best_means else None
-            # the faster setting at least 1 / 0.95 the default: the default is not within 5%
-            faster = readings.at_least(best_means, 1 / 0.95)
-            within = "-" if over_all is None else {"yes": "no", "no": "yes"}.get(faster, faster)
-            rows.append({"CPU kind": kind, "model": model, "reading": f"all {len(taken)}",
-                         "default images/s": "",
-                         "x naive (95% interval)": stats.ratio_interval(naive_means).text(),
-                         "faster setting (of reading 1)": best if over_all else "none",
-                         "its speed-up over the default": over_all.text() if over_all else "",
-                         "at least 3x naive": readings.at_least(naive_means, readings.NAIVE_TARGET),
-                         "default within 5%": within})
+            for series, found in _series(kind, record, model):
+                rows += _series_rows(kind, model, series, [(n, recs) for n, recs in found if recs])
     if not rows:
         return "No small model has more than one reading on any kind.\n"
-    return markdown_table(pd.DataFrame(rows), "lllrlllll")
+    return markdown_table(pd.DataFrame(rows), "llllrlllll")
+
+
+def _series_rows(kind: str, model: str, series: str, taken: list[tuple[str, list[readings.Record]]]
+                 ) -> list[dict]:
+    if len(taken) < 2:
+        return []
+    rows = []
+    best = next(v["best"] for v in readings.default_verdicts(taken[0][1]))
+    naive_means, best_means = [], []
+    for name, recs in taken:
+        default = next(r for r in recs if r.label == "default")
+        other = next((r for r in recs if r.label == best and best != "default"), None)
+        x_naive = stats.ratio_interval(default.ratio_rounds)
+        naive_means.append(x_naive.mean)
+        over = stats.ratio_interval(readings.speedup_rounds(other, default)) if other else None
+        if over:
+            best_means.append(over.mean)
+        rows.append({"CPU kind": kind, "model": model, "series": series, "reading": name,
+                     "default images/s": f"{default.images_per_s:,.0f}",
+                     "x naive (95% interval)": x_naive.text(),
+                     "faster setting (of reading 1)": best if other else "none",
+                     "its speed-up over the default": over.text() if over else "",
+                     "at least 3x naive": "", "default within 5%": ""})
+    over_all = stats.ratio_interval(best_means) if best_means else None
+    # the faster setting at least 1 / 0.95 the default: the default is not within 5%
+    faster = readings.at_least(best_means, 1 / 0.95)
+    within = "-" if over_all is None else {"yes": "no", "no": "yes"}.get(faster, faster)
+    rows.append({"CPU kind": kind, "model": model, "series": series, "reading": f"all {len(taken)}",
+                 "default images/s": "",
+                 "x naive (95% interval)": stats.ratio_interval(naive_means).text(),
+                 "faster setting (of reading 1)": best if over_all else "none",
+                 "its speed-up over the default": over_all.text() if over_all else "",
+                 "at least 3x naive": readings.at_least(naive_means, readings.NAIVE_TARGET),
+                 "default within 5%": within})
+    return rows
 
 
 def _weights_family(run: str) -> str:
