@@ -9,7 +9,8 @@ pool="avg"` gives LeCun's original. PyTorch's default init.
 
 On a CPU in bf16 (channels_last), the default's first ReLU and max-pool run as one operation
 (`pooling.relu_max_pool2x2`) and conv2 in NCHW, where oneDNN's bf16 backward is faster: the
-same values and gradients, bit for bit, in less time (docs/speed.md). Forward hooks on `act1` and
+same values and gradients, bit for bit, and a training step 1.22x (95% interval 1.17-1.27) as fast
+on a 2-core Zen 4 (`outputs/logs/lenet-fused-pool-2026-12-06.log`). Forward hooks on `act1` and
 `pool1` do not run on that route.
 """
 
