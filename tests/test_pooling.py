@@ -70,6 +70,16 @@ def test_route_is_taken_where_it_applies(monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.parametrize("shape", [(16, 1, 2, 2), (32, 3, 4, 6)])
+def test_the_incoming_gradient_is_left_alone(shape):
+    x = maps("ties", torch.bfloat16, shape)
+    g = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2).to(torch.bfloat16)
+    kept = g.clone()
+    out, grad = fused(x, g, torch.contiguous_format)
+    ref_out, ref_grad = reference(x, g)
+    assert torch.equal(out, ref_out) and torch.equal(grad, ref_grad) and torch.equal(g, kept)
+
+
 def test_no_grad_and_nan():
     x = maps("randn", torch.float32)
     x[0, 0, 0, 0] = float("nan")

@@ -68,11 +68,11 @@ class _ReLUMaxPool2x2(torch.autograd.Function):
         down, right_top, right_bottom, live = ctx.saved_tensors
         n, c, h, w = ctx.shape
         b = down.shape[-1]
-        g = grad.reshape(n // b, b, c, h // 2, w // 2).permute(0, 3, 4, 2, 1).contiguous()
-        g.mul_(live)
+        g = torch.mul(grad.reshape(n // b, b, c, h // 2, w // 2).permute(0, 3, 4, 2, 1), live,
+                      out=torch.empty_like(live))  # a new tensor, laid out as the masks
         g_bottom = g * down
         g_top = g.sub_(g_bottom)
-        gx = torch.empty((n // b, h // 2, 2, w // 2, 2, c, b), dtype=grad.dtype)
+        gx = torch.empty((n // b, h // 2, 2, w // 2, 2, c, b), dtype=grad.dtype, device=grad.device)
         for row, g_row, right in ((0, g_top, right_top), (1, g_bottom, right_bottom)):
             torch.mul(g_row, right, out=gx[:, :, row, :, 1])
             torch.sub(g_row, gx[:, :, row, :, 1], out=gx[:, :, row, :, 0])
