@@ -1,12 +1,13 @@
 """ReLU then a 2x2 max-pool, as one operation that runs fast on a CPU in bf16.
 
 torch's CPU max-pool vectorizes over channels. LeNet's first maps have six, so in channels_last
-its bf16 pool runs a scalar loop: 2.0-2.8 ms forward for 256 x 6 x 24 x 24 maps on a 2-core Zen 4,
-against 0.08 ms for the 256 x 16 x 8 x 8 ones after conv2. `relu_max_pool2x2` puts 32 bytes of
-images innermost instead (16 in bf16, 8 in fp32; one transpose each way, which costs little at
-that block size), so every step of the pool is an elementwise operation over 6 x 16 contiguous
-values: 0.45 ms forward and 1.17 ms forward and backward, against 2.57 and 3.84 for torch's ReLU
-and max-pool, in bf16 on that CPU (`outputs/logs/lenet-fused-pool-2026-12-06.log`).
+its bf16 pool runs a scalar loop: 2.1-2.9 ms forward for 256 x 6 x 24 x 24 maps on a 2-core Zen 4,
+against 0.08 ms for the 256 x 16 x 8 x 8 ones after conv2 (`outputs/logs/lenet-step-2026-12-06.log`).
+`relu_max_pool2x2` puts 32 bytes of images innermost instead (16 in bf16, 8 in fp32; one
+transpose each way, which costs little at that block size), so every step of the pool is an
+elementwise operation over 6 x 16 contiguous values: 0.45 ms forward and 1.17 ms forward and
+backward, against 2.57 and 3.84 for torch's ReLU and max-pool, in bf16 on that CPU
+(`outputs/logs/lenet-fused-pool-2026-12-06.log`).
 
 It computes what `F.max_pool2d(F.relu(x), 2)` computes: the same values (as `torch.equal`
 compares them) and the same gradient, which goes to each window's first maximum in raster order
