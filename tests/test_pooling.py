@@ -124,3 +124,13 @@ def test_lenet_fp32_and_other_activations_keep_the_plain_route(monkeypatch):
         models.build("lenet", activation="sigmoid", pool="avg").to(memory_format=CL)(x)
         models.build("lenet")(x.contiguous())  # NCHW
     assert calls == []
+
+
+def test_lenet_traces_for_int8_quantization():
+    """torch.fx traces the plain route (int8 quantization traces the model, notebook 07)."""
+    model = models.build("lenet")
+    traced = torch.fx.symbolic_trace(model)
+    names = [n.target for n in traced.graph.nodes if n.op == "call_module"]
+    assert names[:4] == ["features.conv1", "features.act1", "features.pool1", "features.conv2"]
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(traced(x), model(x))

@@ -54,7 +54,9 @@ class LeNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features
         h = f.conv1(x)
-        if self.fusable and h.dtype == torch.bfloat16 and pooling.fusable(h):
+        # (not while torch.fx traces it, as int8 quantization does: `h` is then a Proxy)
+        if self.fusable and isinstance(h, torch.Tensor) and h.dtype == torch.bfloat16 \
+                and pooling.fusable(h):
             # the same values and gradients as the route below, in less time (module docstring)
             h = pooling.relu_max_pool2x2(h, torch.contiguous_format)
             h = F.conv2d(h, f.conv2.weight.contiguous(), f.conv2.bias)
