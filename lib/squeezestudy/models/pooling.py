@@ -51,15 +51,12 @@ class _ReLUMaxPool2x2(torch.autograd.Function):
         top, bottom = torch.maximum(tl, tr), torch.maximum(bl, br)
         out = torch.maximum(top, bottom)
         if ctx.needs_input_grad[0]:
-            # float masks of the first maximum in raster order: a tie goes to the top row, then
-            # to the left column (comparisons written into floats are far faster than into bools)
-            down = torch.gt(bottom, top, out=torch.empty_like(top))
-            right_top = torch.gt(tr, tl, out=torch.empty_like(top))
-            right_bottom = torch.gt(br, bl, out=torch.empty_like(top))
+            # float masks (comparisons written into floats are far faster than into bools): the
+            # first maximum in raster order, a tie going to the top row, then to the left column
+            # (down, right_top, right_bottom); and where the output is positive (live: ReLU's)
+            ctx.save_for_backward(*(torch.gt(a, b, out=torch.empty_like(top)) for a, b in (
+                (bottom, top), (tr, tl), (br, bl), (out, 0))))
         out.clamp_(min=0)
-        if ctx.needs_input_grad[0]:
-            live = torch.gt(out, 0, out=torch.empty_like(top))
-            ctx.save_for_backward(down, right_top, right_bottom, live)
         ctx.shape = (n, c, h, w)
         pooled = out.permute(0, 4, 3, 1, 2).reshape(n, c, h // 2, w // 2)
         return pooled.contiguous(memory_format=out_format)
