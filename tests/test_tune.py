@@ -36,12 +36,16 @@ def write_entry(path, config, choice):
 
 def test_untuned_machine_uses_the_defaults_of_its_kind(cache, cpu_kind):
     """bf16 where the CPU runs it natively, for the models whose bf16 accuracy was checked, and then
-    whole batches (half the bytes); fp32 with the model's micro-batch elsewhere."""
+    whole batches (half the bytes); fp32 with the model's micro-batch elsewhere (whole batches for
+    the one-Fire SqueezeNet since its ReLU runs after the pool)."""
     assert not cache.exists()
     threads = torch.get_num_threads()
     choice = resolve_defaults(TrainConfig(model="squeezenet_fmnist"), CPU)
     native = cpu_kind.native_bf16
-    assert choice == settings.Choice("bf16" if native else "fp32", True, 0 if native else 128, threads)
+    assert choice == settings.Choice("bf16" if native else "fp32", True, 0, threads)
+    # SqueezeNet v1.0 at 224x224 (not checked in bf16, not bf16 where it is emulated) micro-batches
+    reference = resolve_defaults(TrainConfig(model="squeezenet1_0"), CPU)
+    assert reference.micro_batch == (0 if reference.precision == "bf16" else 16)
     assert resolve_defaults(TrainConfig(model="lenet"), CPU) == settings.Choice(
         "bf16" if native else "fp32", True, 0, threads)
     # the headline network's bf16 accuracy was checked on validation (docs/headline-search.md)

@@ -32,9 +32,13 @@ class ModelSpec:
     description: str
     batch_size: int = 256  # the batch the benchmark trains it at
     # Micro-batch used on a CPU in fp32 (0: whole batches); in bf16 the batch is whole (half the
-    # bytes). Training images/s, 2-core AVX2 (squeezestudy bench): one-Fire SqueezeNet at batch
-    # 256: 4,136 whole, 6,366 as 2 x 128, 5,079 as 4 x 64; SqueezeNet v1.0 at 224x224, batch 32:
-    # 14 whole, 18 as 2 x 16. LeNet and AlexNet-112 lose throughput at smaller batches.
+    # bytes). Training images/s, 2-core AVX2 (squeezestudy bench, 2026-11): one-Fire SqueezeNet at
+    # batch 256: 4,136 whole, 6,366 as 2 x 128, 5,079 as 4 x 64; SqueezeNet v1.0 at 224x224, batch
+    # 32: 14 whole, 18 as 2 x 16. LeNet and AlexNet-112 lose throughput at smaller batches. Since
+    # the allocator setting (core.allocator, 2026-12-06) large batches no longer page-fault their
+    # activations in every step: on an AVX2 machine's kernels the one-Fire SqueezeNet then ran
+    # 1.04x (1.01-1.07) as fast in whole batches over six readings, and with its ReLU after the
+    # pool (models.features) whole batches are its default (docs/speed.md, AVX2).
     cpu_micro_batch: int = 0
     # bf16 where the CPU runs it natively without an accuracy check: the 224x224 reference networks
     # the study benchmarks but never trains, and AlexNet-112, the first model bf16 was used for (a
@@ -51,7 +55,7 @@ class ModelSpec:
 
 REGISTRY: dict[str, ModelSpec] = {
     "squeezenet_fmnist": ModelSpec(squeezenet_fmnist, 28, 1, "the note's one-Fire SqueezeNet",
-                                   cpu_micro_batch=128, bf16_checked=True),
+                                   bf16_checked=True),
     "lenet": ModelSpec(lenet, 28, 1, "LeNet-5 without padding", bf16_checked=True),
     "alexnet": ModelSpec(alexnet, 112, 1, "d2l's one-channel AlexNet at 112x112", batch_size=128,
                          bf16_on_cpu=True, bf16_checked=True, sized_by_input=True),
