@@ -43,7 +43,7 @@ def test_untuned_machine_uses_the_defaults_of_its_kind(cache, cpu_kind):
     choice = resolve_defaults(TrainConfig(model="squeezenet_fmnist"), CPU)
     native = cpu_kind.native_bf16
     assert choice == settings.Choice("bf16" if native else "fp32", True, 0, threads)
-    # SqueezeNet v1.0 at 224x224 (not checked in bf16, not bf16 where it is emulated) micro-batches
+    # SqueezeNet v1.0 at 224x224 keeps its micro-batches in fp32 (in bf16, where native: whole)
     reference = resolve_defaults(TrainConfig(model="squeezenet1_0"), CPU)
     assert reference.micro_batch == (0 if reference.precision == "bf16" else 16)
     assert resolve_defaults(TrainConfig(model="lenet"), CPU) == settings.Choice(
