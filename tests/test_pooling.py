@@ -127,6 +127,23 @@ def test_lenet_fp32_and_other_activations_keep_the_plain_route(calls):
     assert calls == []
 
 
+def test_lenet_hooks_see_the_plain_route(calls):
+    """A hook on act1 or pool1 sees its module run (as on any other route); unhooked, the fast one."""
+    model = models.build("lenet").to(memory_format=CL)
+    x = torch.randn(32, 1, 28, 28).contiguous(memory_format=CL)
+    for name in ("act1", "pool1"):
+        seen = []
+        handle = getattr(model.features, name).register_forward_hook(
+            lambda m, i, o, seen=seen: seen.append(tuple(o.shape)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+        handle.remove()
+        assert seen == [(32, 6, 24, 24) if name == "act1" else (32, 6, 12, 12)] and calls == []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert calls == [1]
+
+
 def test_lenet_traces_for_int8_quantization():
     """torch.fx traces the plain route (int8 quantization traces the model, notebook 07)."""
     model = models.build("lenet")

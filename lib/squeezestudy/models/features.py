@@ -28,7 +28,8 @@ _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-def _hooked(*modules: nn.Module) -> bool:
+def hooked(*modules: nn.Module) -> bool:
+    """Whether a hook (forward or backward, on any of `modules` or global) would see them run."""
     if any(getattr(_module, name, None) for name in _GLOBAL_HOOKS):
         return True
     return any(getattr(m, name, None) for m in modules for name in _HOOKS)
@@ -37,7 +38,7 @@ def _hooked(*modules: nn.Module) -> bool:
 def swappable(relu: nn.Module, pool: nn.Module, x: object) -> bool:
     """Whether `relu` then `pool` may run as `pool` then `relu` for the input `x`."""
     return (type(relu) is nn.ReLU and type(pool) is nn.MaxPool2d and not pool.return_indices
-            and isinstance(x, torch.Tensor) and not _hooked(relu, pool))
+            and isinstance(x, torch.Tensor) and not hooked(relu, pool))
 
 
 class Features(nn.Sequential):

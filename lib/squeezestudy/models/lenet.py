@@ -10,8 +10,8 @@ pool="avg"` gives LeCun's original. PyTorch's default init.
 On a CPU in bf16 (channels_last), the default's first ReLU and max-pool run as one operation
 (`pooling.relu_max_pool2x2`) and conv2 in NCHW, where oneDNN's bf16 backward is faster: the
 same values and gradients, bit for bit, and a training step 1.22x (95% interval 1.17-1.27) as fast
-on a 2-core Zen 4 (`outputs/logs/lenet-fused-pool-2026-12-06.log`). Forward hooks on `act1` and
-`pool1` do not run on that route.
+on a 2-core Zen 4 (`outputs/logs/lenet-fused-pool-2026-12-06.log`). Where a hook is registered
+on `act1` or `pool1` (or globally), the plain route runs, so the hook sees what it was written for.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from squeezestudy.models import pooling
+from squeezestudy.models import features, pooling
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
@@ -56,7 +56,7 @@ class LeNet(nn.Module):
         h = f.conv1(x)
         # (not while torch.fx traces it, as int8 quantization does: `h` is then a Proxy)
         if self.fusable and isinstance(h, torch.Tensor) and h.dtype == torch.bfloat16 \
-                and pooling.fusable(h):
+                and pooling.fusable(h) and not features.hooked(f.act1, f.pool1):
             # the same values and gradients as the route below, in less time (module docstring)
             h = pooling.relu_max_pool2x2(h, torch.contiguous_format)
             h = F.conv2d(h, f.conv2.weight.contiguous(), f.conv2.bias)
