@@ -7,9 +7,9 @@ and only where the output is positive). After the pool the ReLU runs over the po
 backward no longer reads and writes the large maps. So the same values and gradients, bit for bit
 (`tests/test_features.py`), in less time where those maps are large. The one-Fire SqueezeNet's
 first maps are 96 x 11 x 11 an image: its training step ran 1.05x (95% interval 1.04-1.07) as
-fast in bf16 on a 2-core Zen 4, and on an AVX2 machine's kernels in fp32 1.10x (1.07-1.13) with
-whole batches, its default there since (1.02x, 0.99-1.06, in micro-batches of 128)
-(`outputs/logs/one-fire-relu-after-pool-2026-12-06.log`).
+fast in bf16 on a 2-core Zen 4 (whole batches both ways). On an AVX2 machine's kernels in fp32 this
+alone gave 1.02x (0.99-1.06) in micro-batches of 128; with whole batches, its default there since,
+the step ran 1.10x (1.07-1.13) the old default's (`outputs/logs/one-fire-relu-after-pool-2026-12-06.log`).
 
 The modules are the ones built, in their order: the state dict, `print(model)` and indexing are
 those of an `nn.Sequential`. The pair runs in its built order where a hook is registered on
