@@ -29,9 +29,12 @@ def _block(x: torch.Tensor) -> int:
     return BLOCK_BYTES // x.element_size()
 
 
-def fusable(x: torch.Tensor) -> bool:
+def fusable(x: object) -> bool:
     """Whether `relu_max_pool2x2` takes its fast route for `x`: a CPU tensor in channels_last,
-    even height and width, a batch that is a multiple of the block."""
+    even height and width, a batch that is a multiple of the block (not a `torch.fx` Proxy, as
+    while int8 quantization traces a model)."""
+    if not isinstance(x, torch.Tensor):
+        return False
     if x.device.type != "cpu" or x.dim() != 4 or not x.is_floating_point():
         return False
     n, _, h, w = x.shape
