@@ -226,7 +226,8 @@ def _readings(kind: str, first: dict | None, model: str, series: str = ""
             for name, payload in found]
 
 
-def _series(kind: str, first: dict, model: str) -> list[tuple[str, list[tuple[str, list[readings.Record]]]]]:
+def reading_series(kind: str, first: dict, model: str
+                   ) -> list[tuple[str, list[tuple[str, list[readings.Record]]]]]:
     """(series, its readings) of a model on a kind: the benchmark's, then each subfolder's."""
     later = sorted(p.name for p in (BENCHMARKS / kind).iterdir() if p.is_dir())
     return [("benchmark", _readings(kind, first, model))] + [
@@ -280,7 +281,7 @@ def small_model_readings_table(runs: pd.DataFrame) -> str:
     rows = []
     for kind, record in benchmark_records("throughput.json"):
         for model in readings.SMALL_MODELS:
-            for series, found in _series(kind, record, model):
+            for series, found in reading_series(kind, record, model):
                 rows += _series_rows(kind, model, series, [(n, recs) for n, recs in found if recs])
     if not rows:
         return "No small model has more than one reading on any kind.\n"

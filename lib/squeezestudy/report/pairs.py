@@ -1,0 +1,103 @@
+"""The small models against the naive pipeline, read both ways the speed page reads them: in the
+benchmark (one process, over a series' readings) and process against process (fresh processes,
+the pairs kept in their runs' logs). The pairs are read from those logs as they printed them:
+each pair's ratio is the naive pipeline's ms a step over the default's."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from squeezestudy.analysis import stats
+from squeezestudy.core.paths import OUTPUTS
+from squeezestudy.report.markdown import ReportError, markdown_table
+from squeezestudy.report.records import benchmark_records, reading_series
+from squeezestudy.speed import readings
+
+LOGS = OUTPUTS / "logs"
+# Each log of process pairs, oldest first, and the series of readings its pairs belong to, by
+# (CPU kind, model): the code they timed (a series not named is the benchmark's).
+PAIR_LOGS: tuple[tuple[str, dict[tuple[str, str], str]], ...] = (
+    ("naive-pairs-2026-12-06.log", {}),
+    ("naive-pairs-more-2026-12-06.log", {}),
+    ("naive-pairs-after-changes-2026-12-06.log", {("avx512_bf16", "lenet"): "fused-pool",
+                                                  ("avx2-on-zen4", "squeezenet_fmnist"): "relu-after-pool"}),
+)
+PAIR = re.compile(r"^(\S+)\s+pair \d+: naive\s+([\d.]+) ms a step.*default\s+([\d.]+) ms")
+SUMMARY = re.compile(r"^(\S+)\s+x naive over (\d+) pairs: (.+)$")
+AVX2_SECTION = "ATEN_CPU_CAPABILITY=avx2"  # a section header of a log run with an AVX2 machine's kernels
+
+
+def log_pairs(path: Path) -> tuple[dict[tuple[str, str], list[float]], dict[tuple[str, str], str]]:
+    """(ratios, summaries) of a log by (CPU kind, model): each pair's naive / default ms a step, and
+    the log's own summary line of them. Its sections run on this Zen 4's kernels until a header
+    (a line starting with `# 20`) names the AVX2 simulation's settings."""
+    kind, ratios, summaries = "avx512_bf16", {}, {}
+    for line in path.read_text().splitlines():
+        if line.startswith("# 20"):
+            kind = "avx2-on-zen4" if AVX2_SECTION in line else "avx512_bf16"
+        elif m := PAIR.match(line):
+            ratios.setdefault((kind, m[1]), []).append(float(m[2]) / float(m[3]))
+        elif m := SUMMARY.match(line):
+            summaries[(kind, m[1])] = m[3].strip()
+    return ratios, summaries
+
+
+def series_pairs(logs_dir: Path | None = None) -> dict[tuple[str, str, str], list[tuple[str, list[float]]]]:
+    """(log, its ratios) of each (CPU kind, model, series), in the order of PAIR_LOGS (logs_dir:
+    default LOGS)."""
+    logs_dir = logs_dir or LOGS
+    found: dict[tuple[str, str, str], list[tuple[str, list[float]]]] = {}
+    for name, series_of in PAIR_LOGS:
+        path = logs_dir / name
+        if not path.exists():
+            raise ReportError(f"{path} is missing: the process pairs' table reads it")
+        for (kind, model), ratios in log_pairs(path)[0].items():
+            series = series_of.get((kind, model), "benchmark")
+            found.setdefault((kind, model, series), []).append((name, ratios))
+    return found
+
+
+def _verdict(low: float, high: float) -> str:
+    target = readings.NAIVE_TARGET
+    return "met" if low >= target else "missed" if high < target else "not resolved"
+
+
+def three_x_table(runs: pd.DataFrame) -> str:
+    """Per CPU kind, small model and series of readings: its default against the naive pipeline in
+    the benchmark (over the series' readings, each reading's rounds as one value; a single reading
+    by its rounds) and in process pairs (over the pairs of each log in turn, then all of them), and
+    the 3x verdict each way: met where the 95% interval lies at or above 3x, missed where below."""
+    pairs, rows = series_pairs(), []
+    for kind, record in benchmark_records("throughput.json"):
+        for model in readings.SMALL_MODELS:
+            for series, found in reading_series(kind, record, model):
+                taken = [next(r for r in recs if r.label == "default") for _, recs in found if recs]
+                if not taken:
+                    continue
+                if len(taken) == 1:
+                    one = stats.ratio_interval(taken[0].ratio_rounds)
+                    over = "1 reading, its rounds"
+                else:
+                    one = stats.ratio_interval([stats.ratio_interval(d.ratio_rounds).mean for d in taken])
+                    over = f"{len(taken)} readings"
+                verdicts = [_verdict(one.low, one.high)]
+                text, all_pairs = [], []
+                for _, ratios in pairs.get((kind, model, series), []):
+                    all_pairs += ratios
+                    r = stats.ratio_interval(all_pairs)
+                    text.append(f"{r.text()} over {len(all_pairs)}" if len(all_pairs) > 1
+                                else f"{r.mean:.2f}, one pair")
+                if all_pairs:
+                    r = stats.ratio_interval(all_pairs)
+                    verdicts.append(_verdict(r.low, r.high))
+                said = (f"**{verdicts[0]}** both ways" if len(verdicts) == 2 and verdicts[0] == verdicts[1]
+                        else f"**{verdicts[0]}** in one process"
+                        + (f", **{verdicts[1]}** in pairs" if len(verdicts) == 2 else "; no pairs"))
+                rows.append({"CPU kind": kind, "model": model, "series": series,
+                             "benchmark, one process (95% interval)": f"{one.text()} over {over}",
+                             "process pairs (95% interval), pairs": "; ".join(text) or "-",
+                             "3x naive": said})
+    return markdown_table(pd.DataFrame(rows), "llllll")
