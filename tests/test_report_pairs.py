@@ -77,3 +77,25 @@ def test_a_missing_pairs_log_is_named(tmp_path, monkeypatch):
 def test_verdicts_follow_the_interval():
     assert pairs._verdict(3.0, 3.5) == "met" and pairs._verdict(2.5, 2.99) == "missed"
     assert pairs._verdict(2.9, 3.1) == "not resolved"
+
+
+def test_the_allocator_table_reproduces_its_logs_summaries():
+    found = pairs.allocator_pairs(pairs.LOGS / pairs.ALLOCATOR_LOG)
+    assert list(found) == ["squeezenet_fmnist", "lenet", "headline", "alexnet"]
+    text = (pairs.LOGS / pairs.ALLOCATOR_LOG).read_text()
+    for model, got in found.items():
+        ratio = stats.ratio_interval([glibc / kept for glibc, _, kept, _ in got]).text()
+        assert f"{model:18s} speed-up over {len(got)} pairs: {ratio}" in text
+    rows = pairs.allocator_table(None).splitlines()
+    assert rows[2] == "| squeezenet_fmnist | 4,072-4,324; 0 in 1 of 6 | 0 | 1.30 (1.10-1.53) |"
+
+
+def test_page_faults_read_as_a_range_and_the_processes_without():
+    assert pairs._faults([0, 0]) == "0" and pairs._faults([5, 5, 5]) == "5"
+    assert pairs._faults([1200, 0, 3400, 1500]) == "1,200-3,400; 0 in 1 of 4"
+
+
+def test_a_missing_allocator_log_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(pairs, "LOGS", tmp_path)
+    with pytest.raises(ReportError, match="allocator-2026-12-06.log is missing"):
+        pairs.allocator_table(None)

@@ -16,7 +16,7 @@ from squeezestudy.core.paths import MANIFEST, README, REPO_ROOT, RUNS_DIR, displ
 from squeezestudy.report.experiments import bypass_table, depth_table, note_table, pct_table, sr_table
 from squeezestudy.report.findings import claims_table, comparison_table, headline_table, search_table
 from squeezestudy.report.markdown import ReportError
-from squeezestudy.report.pairs import three_x_table
+from squeezestudy.report.pairs import allocator_table, three_x_table
 from squeezestudy.report.records import (
     deep_compression_table,
     file_search_table,
@@ -41,7 +41,7 @@ TABLES: dict[str, Callable[[pd.DataFrame], str]] = {
     "headline": headline_table, "headline_compression": headline_compression_table,
     "tuning": tuning_table, "speed": speed_table, "peaks": peaks_table, "weights": weights_table,
     "headline_speed": headline_speed_table, "small_model_readings": small_model_readings_table,
-    "three_x": three_x_table,
+    "three_x": three_x_table, "allocator": allocator_table,
     "search": search_table,
     "file_search": file_search_table,
     "layer_search": layer_search_table,

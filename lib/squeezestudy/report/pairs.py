@@ -101,3 +101,44 @@ def three_x_table(runs: pd.DataFrame) -> str:
                              "process pairs (95% interval), pairs": "; ".join(text) or "-",
                              "3x naive": said})
     return markdown_table(pd.DataFrame(rows), "llllll")
+
+
+ALLOCATOR_LOG = "allocator-2026-12-06.log"  # glibc's allocator as it is against freed memory kept
+ALLOCATOR_PAIR = re.compile(r"^(\S+)\s+pair \d+: glibc as it is\s+([\d.]+) ms a step,\s+(\d+) page faults"
+                            r".*freed memory kept\s+([\d.]+) ms,\s+(\d+) \(kept\)")
+
+
+def allocator_pairs(path: Path) -> dict[str, list[tuple[float, int, float, int]]]:
+    """Per model, each pair of the allocator's log: (ms a step and page faults a step with glibc's
+    allocator as it is, then the same with freed memory kept)."""
+    found: dict[str, list[tuple[float, int, float, int]]] = {}
+    for line in path.read_text().splitlines():
+        if m := ALLOCATOR_PAIR.match(line):
+            found.setdefault(m[1], []).append((float(m[2]), int(m[3]), float(m[4]), int(m[5])))
+    return found
+
+
+def _faults(values: list[int]) -> str:
+    """`4,072-4,324; 0 in 1 of 6`: the range of the processes that faulted, and how many did not."""
+    faulted = sorted(v for v in values if v)
+    if not faulted:
+        return "0"
+    spread = f"{faulted[0]:,}" if faulted[0] == faulted[-1] else f"{faulted[0]:,}-{faulted[-1]:,}"
+    zeros = len(values) - len(faulted)
+    return spread + (f"; 0 in {zeros} of {len(values)}" if zeros else "")
+
+
+def allocator_table(runs: pd.DataFrame) -> str:
+    """The allocator setting's process pairs, per model: page faults a step each way and the
+    speed-up of freed memory kept, read pair by pair (glibc's ms a step over the kept one's)."""
+    path = LOGS / ALLOCATOR_LOG
+    if not path.exists():
+        raise ReportError(f"{path} is missing: the allocator's table reads it")
+    rows = []
+    for model, found in allocator_pairs(path).items():
+        ratio = stats.ratio_interval([glibc / kept for glibc, _, kept, _ in found])
+        rows.append({"model": model,
+                     "page faults a step, glibc as it is": _faults([f for _, f, _, _ in found]),
+                     "with freed memory kept": _faults([f for *_, f in found]),
+                     f"speed-up over {len(found)} pairs (95% interval)": ratio.text()})
+    return markdown_table(pd.DataFrame(rows), "lrrl")
