@@ -74,9 +74,10 @@ def test_a_missing_pairs_log_is_named(tmp_path, monkeypatch):
         pairs.series_pairs()
 
 
-def test_verdicts_follow_the_interval():
-    assert pairs._verdict(3.0, 3.5) == "met" and pairs._verdict(2.5, 2.99) == "missed"
-    assert pairs._verdict(2.9, 3.1) == "not resolved"
+def test_the_verdict_is_said_once_where_both_ways_agree():
+    assert pairs._said("met", "met") == "**met** both ways"
+    assert pairs._said("missed", "not resolved") == "**missed** in one process, **not resolved** in pairs"
+    assert pairs._said("met", None) == "**met** in one process; no pairs"
 
 
 def test_the_allocator_table_reproduces_its_logs_summaries():

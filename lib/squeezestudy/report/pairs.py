@@ -45,24 +45,34 @@ def log_pairs(path: Path) -> tuple[dict[tuple[str, str], list[float]], dict[tupl
     return ratios, summaries
 
 
+def _log(name: str, logs_dir: Path | None = None) -> Path:
+    """The path of a log a table reads (logs_dir: default LOGS); ReportError where it is missing."""
+    path = (logs_dir or LOGS) / name
+    if not path.exists():
+        raise ReportError(f"{path} is missing: a table of the speed page reads it")
+    return path
+
+
 def series_pairs(logs_dir: Path | None = None) -> dict[tuple[str, str, str], list[tuple[str, list[float]]]]:
-    """(log, its ratios) of each (CPU kind, model, series), in the order of PAIR_LOGS (logs_dir:
-    default LOGS)."""
-    logs_dir = logs_dir or LOGS
+    """(log, its ratios) of each (CPU kind, model, series), in the order of PAIR_LOGS."""
     found: dict[tuple[str, str, str], list[tuple[str, list[float]]]] = {}
     for name, series_of in PAIR_LOGS:
-        path = logs_dir / name
-        if not path.exists():
-            raise ReportError(f"{path} is missing: the process pairs' table reads it")
-        for (kind, model), ratios in log_pairs(path)[0].items():
+        for (kind, model), ratios in log_pairs(_log(name, logs_dir))[0].items():
             series = series_of.get((kind, model), "benchmark")
             found.setdefault((kind, model, series), []).append((name, ratios))
     return found
 
 
-def _verdict(low: float, high: float) -> str:
-    target = readings.NAIVE_TARGET
-    return "met" if low >= target else "missed" if high < target else "not resolved"
+VERDICTS = {"yes": "met", "no": "missed", "not resolved": "not resolved"}  # readings.at_least's
+
+
+def _said(one_process: str, in_pairs: str | None) -> str:
+    """The 3x verdict read both ways, in words."""
+    if in_pairs is None:
+        return f"**{one_process}** in one process; no pairs"
+    if in_pairs == one_process:
+        return f"**{one_process}** both ways"
+    return f"**{one_process}** in one process, **{in_pairs}** in pairs"
 
 
 def three_x_table(runs: pd.DataFrame) -> str:
@@ -77,25 +87,20 @@ def three_x_table(runs: pd.DataFrame) -> str:
                 taken = [next(r for r in recs if r.label == "default") for _, recs in found if recs]
                 if not taken:
                     continue
-                if len(taken) == 1:
-                    one = stats.ratio_interval(taken[0].ratio_rounds)
-                    over = "1 reading, its rounds"
-                else:
-                    one = stats.ratio_interval([stats.ratio_interval(d.ratio_rounds).mean for d in taken])
-                    over = f"{len(taken)} readings"
-                verdicts = [_verdict(one.low, one.high)]
+                # one value a reading (its rounds' geometric mean); a single reading by its rounds
+                values = (taken[0].ratio_rounds if len(taken) == 1
+                          else [stats.ratio_interval(d.ratio_rounds).mean for d in taken])
+                one = stats.ratio_interval(values)
+                over = "1 reading, its rounds" if len(taken) == 1 else f"{len(taken)} readings"
                 text, all_pairs = [], []
                 for _, ratios in pairs.get((kind, model, series), []):
                     all_pairs += ratios
                     r = stats.ratio_interval(all_pairs)
                     text.append(f"{r.text()} over {len(all_pairs)}" if len(all_pairs) > 1
                                 else f"{r.mean:.2f}, one pair")
-                if all_pairs:
-                    r = stats.ratio_interval(all_pairs)
-                    verdicts.append(_verdict(r.low, r.high))
-                said = (f"**{verdicts[0]}** both ways" if len(verdicts) == 2 and verdicts[0] == verdicts[1]
-                        else f"**{verdicts[0]}** in one process"
-                        + (f", **{verdicts[1]}** in pairs" if len(verdicts) == 2 else "; no pairs"))
+                said = _said(VERDICTS[readings.at_least(values, readings.NAIVE_TARGET)],
+                             VERDICTS[readings.at_least(all_pairs, readings.NAIVE_TARGET)]
+                             if all_pairs else None)
                 rows.append({"CPU kind": kind, "model": model, "series": series,
                              "benchmark, one process (95% interval)": f"{one.text()} over {over}",
                              "process pairs (95% interval), pairs": "; ".join(text) or "-",
@@ -131,11 +136,8 @@ def _faults(values: list[int]) -> str:
 def allocator_table(runs: pd.DataFrame) -> str:
     """The allocator setting's process pairs, per model: page faults a step each way and the
     speed-up of freed memory kept, read pair by pair (glibc's ms a step over the kept one's)."""
-    path = LOGS / ALLOCATOR_LOG
-    if not path.exists():
-        raise ReportError(f"{path} is missing: the allocator's table reads it")
     rows = []
-    for model, found in allocator_pairs(path).items():
+    for model, found in allocator_pairs(_log(ALLOCATOR_LOG)).items():
         ratio = stats.ratio_interval([glibc / kept for glibc, _, kept, _ in found])
         rows.append({"model": model,
                      "page faults a step, glibc as it is": _faults([f for _, f, _, _ in found]),
