@@ -45,19 +45,19 @@ def log_pairs(path: Path) -> tuple[dict[tuple[str, str], list[float]], dict[tupl
     return ratios, summaries
 
 
-def _log(name: str, logs_dir: Path | None = None) -> Path:
-    """The path of a log a table reads (logs_dir: default LOGS); ReportError where it is missing."""
-    path = (logs_dir or LOGS) / name
+def _log(name: str) -> Path:
+    """The path of a log a table reads; ReportError where it is missing."""
+    path = LOGS / name
     if not path.exists():
         raise ReportError(f"{path} is missing: a table of the speed page reads it")
     return path
 
 
-def series_pairs(logs_dir: Path | None = None) -> dict[tuple[str, str, str], list[tuple[str, list[float]]]]:
+def series_pairs() -> dict[tuple[str, str, str], list[tuple[str, list[float]]]]:
     """(log, its ratios) of each (CPU kind, model, series), in the order of PAIR_LOGS."""
     found: dict[tuple[str, str, str], list[tuple[str, list[float]]]] = {}
     for name, series_of in PAIR_LOGS:
-        for (kind, model), ratios in log_pairs(_log(name, logs_dir))[0].items():
+        for (kind, model), ratios in log_pairs(_log(name))[0].items():
             series = series_of.get((kind, model), "benchmark")
             found.setdefault((kind, model, series), []).append((name, ratios))
     return found
