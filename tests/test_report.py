@@ -280,3 +280,17 @@ def test_small_model_readings_take_each_reading_as_one_value(tmp_path, monkeypat
     assert [row.split(" | ")[2:4] for row in rows[4:]] == [
         ["new-code", "1"], ["new-code", "2"], ["new-code", "10"], ["new-code", "all 3"]]
     assert rows[3].split(" | ")[8] == "yes" and rows[7].split(" | ")[8] == "no"  # 2.0-2.1x naive
+
+
+def test_a_series_whose_default_was_fastest_is_read_against_the_next_fastest(tmp_path, monkeypatch):
+    (tmp_path / "avx2" / "later").mkdir(parents=True)
+    (tmp_path / "avx2" / "throughput.json").write_text(json.dumps(benchmark()))
+    monkeypatch.setattr(record_tables, "BENCHMARKS", tmp_path)
+    # the default (5,000-5,100 img/s) faster than micro-batch off (about 4,000) in every reading
+    for k, default in ((1, 5000.0), (2, 5100.0), (3, 5050.0)):
+        payload = benchmark(default_rounds=(default,) * 3)
+        (tmp_path / "avx2" / "later" / f"lenet-reading-{k}.json").write_text(json.dumps(payload))
+    rows = [row.split(" | ") for row in report.small_model_readings_table(None).splitlines()[2:]]
+    assert [row[6] for row in rows] == ["micro-batch off"] * 4  # not "none"
+    assert rows[0][7] == "0.80 (0.77-0.84)" and rows[3][7] == "0.80 (0.78-0.82)"
+    assert rows[3][9] == "yes |"  # micro-batch off 0.80x the default: the default is within 5%

@@ -272,12 +272,13 @@ def headline_speed_table(runs: pd.DataFrame) -> str:
 def small_model_readings_table(runs: pd.DataFrame) -> str:
     """The small models where a kind has more than one reading of them, by series (the
     benchmark's, then any later one kept in a subfolder after the code changed; series are not
-    pooled): per reading, the default against the naive pipeline and against the setting that was
-    fastest in the series' first reading (each read round by round); over a series' readings, each
-    reading's geometric mean as one value with a 95% t-interval, and the verdicts: at least
-    NAIVE_TARGET x naive (its low end at or above it: yes; its high end below: no), the default
-    within 5% (the faster setting's speed-up: high end below 1 / 0.95: yes; low end at or above
-    it: no, as `readings.default_verdicts` reads one reading); otherwise not resolved."""
+    pooled): per reading, the default against the naive pipeline and against the fastest setting
+    of the series' first reading other than the default, one a default may be (each read round by
+    round); over a series' readings, each reading's geometric mean as one value with a 95%
+    t-interval, and the verdicts: at least NAIVE_TARGET x naive (its low end at or above it: yes;
+    its high end below: no), the default within 5% (that setting's speed-up: high end below
+    1 / 0.95: yes; low end at or above it: no, as `readings.default_verdicts` reads one reading);
+    otherwise not resolved."""
     rows = []
     for kind, record in benchmark_records("throughput.json"):
         for model in readings.SMALL_MODELS:
@@ -293,11 +294,13 @@ def _series_rows(kind: str, model: str, series: str, taken: list[tuple[str, list
     if len(taken) < 2:
         return []
     rows = []
-    best = next(v["best"] for v in readings.default_verdicts(taken[0][1]))
+    # the fastest setting of reading 1 a default may be, other than the default (faster or not)
+    others = [r for r in readings.eligible(taken[0][1], model) if r.label != "default"]
+    compared = max(others, key=lambda r: r.images_per_s).label if others else None
     naive_means, best_means = [], []
     for name, recs in taken:
         default = next(r for r in recs if r.label == "default")
-        other = next((r for r in recs if r.label == best and best != "default"), None)
+        other = next((r for r in recs if r.label == compared), None)
         x_naive = stats.ratio_interval(default.ratio_rounds)
         naive_means.append(x_naive.mean)
         over = stats.ratio_interval(readings.speedup_rounds(other, default)) if other else None
@@ -306,17 +309,17 @@ def _series_rows(kind: str, model: str, series: str, taken: list[tuple[str, list
         rows.append({"CPU kind": kind, "model": model, "series": series, "reading": name,
                      "default images/s": f"{default.images_per_s:,.0f}",
                      "x naive (95% interval)": x_naive.text(),
-                     "faster setting (of reading 1)": best if other else "none",
+                     "fastest other setting (of reading 1)": compared if other else "none",
                      "its speed-up over the default": over.text() if over else "",
                      "at least 3x naive": "", "default within 5%": ""})
     over_all = stats.ratio_interval(best_means) if best_means else None
-    # the faster setting at least 1 / 0.95 the default: the default is not within 5%
+    # that setting at least 1 / 0.95 the default: the default is not within 5%
     faster = readings.at_least(best_means, 1 / 0.95)
     within = "-" if over_all is None else {"yes": "no", "no": "yes"}.get(faster, faster)
     rows.append({"CPU kind": kind, "model": model, "series": series, "reading": f"all {len(taken)}",
                  "default images/s": "",
                  "x naive (95% interval)": stats.ratio_interval(naive_means).text(),
-                 "faster setting (of reading 1)": best if over_all else "none",
+                 "fastest other setting (of reading 1)": compared if over_all else "none",
                  "its speed-up over the default": over_all.text() if over_all else "",
                  "at least 3x naive": readings.at_least(naive_means, readings.NAIVE_TARGET),
                  "default within 5%": within})

@@ -82,6 +82,13 @@ def speedup_rounds(fast: Record, slow: Record) -> list[float]:
     return [f / s for f, s in zip(fast.repeats, slow.repeats, strict=True)]
 
 
+def eligible(records: list[Record], model: str) -> list[Record]:
+    """The project's settings of `model` a default may be: batch sizes change the recipe, and bf16
+    is allowed only where its accuracy was checked."""
+    return [r for r in records if r.model == model and r.pipeline == "project"
+            and not r.label.startswith("batch ") and "not checked" not in r.label]
+
+
 def default_verdicts(records: list[Record]) -> list[dict]:
     """Per model: the default setting against the fastest setting tried that a default may be
     (batch sizes change the recipe, bf16 is allowed only where its accuracy was checked). The
@@ -92,8 +99,7 @@ def default_verdicts(records: list[Record]) -> list[dict]:
     resolved"."""
     verdicts = []
     for model in dict.fromkeys(r.model for r in records):
-        tried = [r for r in records if r.model == model and r.pipeline == "project"
-                 and not r.label.startswith("batch ") and "not checked" not in r.label]
+        tried = eligible(records, model)
         default = next(r for r in tried if r.label == "default")
         best = max(tried, key=lambda r: r.images_per_s)
         paired = len(best.repeats) == len(default.repeats) > 1
