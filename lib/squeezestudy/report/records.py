@@ -297,7 +297,7 @@ def _series_rows(kind: str, model: str, series: str, taken: list[tuple[str, list
     # the fastest setting of reading 1 a default may be, other than the default (faster or not)
     others = [r for r in readings.eligible(taken[0][1], model) if r.label != "default"]
     compared = max(others, key=lambda r: r.images_per_s).label if others else None
-    naive_means, best_means = [], []
+    naive_means, compared_means = [], []
     for name, recs in taken:
         default = next(r for r in recs if r.label == "default")
         other = next((r for r in recs if r.label == compared), None)
@@ -305,16 +305,16 @@ def _series_rows(kind: str, model: str, series: str, taken: list[tuple[str, list
         naive_means.append(x_naive.mean)
         over = stats.ratio_interval(readings.speedup_rounds(other, default)) if other else None
         if over:
-            best_means.append(over.mean)
+            compared_means.append(over.mean)
         rows.append({"CPU kind": kind, "model": model, "series": series, "reading": name,
                      "default images/s": f"{default.images_per_s:,.0f}",
                      "x naive (95% interval)": x_naive.text(),
                      "fastest other setting (of reading 1)": compared if other else "none",
                      "its speed-up over the default": over.text() if over else "",
                      "at least 3x naive": "", "default within 5%": ""})
-    over_all = stats.ratio_interval(best_means) if best_means else None
+    over_all = stats.ratio_interval(compared_means) if compared_means else None
     # that setting at least 1 / 0.95 the default: the default is not within 5%
-    faster = readings.at_least(best_means, 1 / 0.95)
+    faster = readings.at_least(compared_means, 1 / 0.95)
     within = "-" if over_all is None else {"yes": "no", "no": "yes"}.get(faster, faster)
     rows.append({"CPU kind": kind, "model": model, "series": series, "reading": f"all {len(taken)}",
                  "default images/s": "",
