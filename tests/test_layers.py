@@ -11,8 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lib" / "squeezestudy"
 # Bottom to top. A module may import from its own layer and any layer before it.
-LAYERS = ("core", "data", "models", "training", "runs", "compression", "analysis", "speed", "batch",
-          "report", "notebook", "cli", "__main__")
+LAYERS = ("core", "kernels", "data", "models", "training", "runs", "compression", "analysis", "speed",
+          "batch", "report", "notebook", "cli", "__main__")
 MAX_LINES = 400
 
 

@@ -46,14 +46,27 @@ def test_untuned_machine_uses_the_defaults_of_its_kind(cache, cpu_kind):
     # SqueezeNet v1.0 at 224x224 keeps its micro-batches in fp32 (in bf16, where native: whole)
     reference = resolve_defaults(TrainConfig(model="squeezenet1_0"), CPU)
     assert reference.micro_batch == (0 if reference.precision == "bf16" else 16)
+    # LeNet: fp32 where its compiled kernels are built (faster than bf16), else as the others
     assert resolve_defaults(TrainConfig(model="lenet"), CPU) == settings.Choice(
-        "bf16" if native else "fp32", True, 0, threads)
+        "bf16" if native and not settings.kernels.available() else "fp32", True, 0, threads)
     # the headline network's bf16 accuracy was checked on validation (docs/headline-search.md)
     assert resolve_defaults(TrainConfig(model="squeezenet_design"), CPU).precision == (
         "bf16" if native else "fp32")
     # the note's Keras sketch was never checked and is not a reference network: fp32 everywhere
     assert resolve_defaults(TrainConfig(model="squeezenet_sketch"), CPU).precision == "fp32"
     assert resolve_defaults(TrainConfig(model="alexnet"), CPU).precision == ("bf16" if native else "fp32")
+
+
+@pytest.mark.parametrize("built", [True, False])
+def test_lenet_default_is_fp32_where_its_kernels_are_built(cache, cpu_kind, monkeypatch, built):
+    """On every CPU kind: fp32 where the kernels are built; where they are not, bf16 on a CPU that
+    runs it natively, as for the other checked models. The other models do not depend on them."""
+    monkeypatch.setattr(settings.kernels, "available", lambda: built)
+    lenet = resolve_defaults(TrainConfig(model="lenet"), CPU)
+    assert lenet.precision == ("fp32" if built or not cpu_kind.native_bf16 else "bf16")
+    assert lenet.micro_batch == 0
+    fire = resolve_defaults(TrainConfig(model="squeezenet_fmnist"), CPU)
+    assert fire.precision == ("bf16" if cpu_kind.native_bf16 else "fp32")
 
 
 def test_tuned_choice_fills_only_what_the_config_leaves_to_auto(cache):
@@ -79,7 +92,9 @@ def test_damaged_cache_is_ignored(cache, content):
 def test_coordinate_descent_keeps_the_fastest_and_the_cache_keeps_other_machines(cache, monkeypatch,
                                                                                  cpu_kind):
     # bf16 is timed first where the CPU runs it natively (lenet's bf16 accuracy was checked), and
-    # is slower here so that the rest of the walk is the same on every kind
+    # is slower here so that the rest of the walk is the same on every kind; LeNet as where its
+    # compiled kernels are not built (bf16 its default there, where native)
+    monkeypatch.setattr(settings.kernels, "available", lambda: False)
     speeds = {("fp32", True, 0): 100, ("fp32", False, 0): 80, ("fp32", True, 128): 130,
               ("fp32", True, 64): 120, ("bf16", True, 0): 60}
     threads = torch.get_num_threads()

@@ -51,12 +51,15 @@ class ModelSpec:
     # tuning pass.
     bf16_checked: bool = False
     sized_by_input: bool = False  # the builder takes image_size: its classifier depends on it
+    # Its fp32 forward and backward on a CPU run the compiled kernels (squeezestudy.kernels) where
+    # they are built: fp32 is then its CPU default, faster there than bf16 (docs/speed.md).
+    cpu_kernels: bool = False
 
 
 REGISTRY: dict[str, ModelSpec] = {
     "squeezenet_fmnist": ModelSpec(squeezenet_fmnist, 28, 1, "the note's one-Fire SqueezeNet",
                                    bf16_checked=True),
-    "lenet": ModelSpec(lenet, 28, 1, "LeNet-5 without padding", bf16_checked=True),
+    "lenet": ModelSpec(lenet, 28, 1, "LeNet-5 without padding", bf16_checked=True, cpu_kernels=True),
     "alexnet": ModelSpec(alexnet, 112, 1, "d2l's one-channel AlexNet at 112x112", batch_size=128,
                          bf16_on_cpu=True, bf16_checked=True, sized_by_input=True),
     "squeezenet1_0": ModelSpec(squeezenet1_0, 224, 3, "SqueezeNet v1.0 (paper, Table 1)",

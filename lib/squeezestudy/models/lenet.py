@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from squeezestudy import kernels
 from squeezestudy.models import features, pooling
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -38,6 +39,8 @@ class LeNet(nn.Module):
             raise ValueError(f"unknown pool {pool!r}; use one of {sorted(POOLS)}")
         act, pool_cls = ACTIVATIONS[activation], POOLS[pool]
         self.fusable = activation == "relu" and pool == "max"
+        # fp32 on a CPU, the compiled kernels where they are built (False: torch's operations)
+        self.use_kernels = True
         self.features = nn.Sequential(OrderedDict([
             ("conv1", nn.Conv2d(in_channels, 6, kernel_size=5)), ("act1", act()),
             ("pool1", pool_cls(kernel_size=2, stride=2)),
@@ -53,17 +56,34 @@ class LeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features
-        h = f.conv1(x)
-        # (pooling.fusable first: while torch.fx traces the model `h` is a Proxy, and it says no)
-        if self.fusable and pooling.fusable(h) and h.dtype == torch.bfloat16 \
-                and not features.hooked(f.act1, f.pool1):
-            # the same values and gradients as the route below, in less time (module docstring)
-            h = pooling.relu_max_pool2x2(h, torch.contiguous_format)
-            h = F.conv2d(h, f.conv2.weight.contiguous(), f.conv2.bias)
-            h = h.contiguous(memory_format=torch.channels_last)
+        if self.use_kernels and _relu_pool(f.act1, f.pool1) \
+                and kernels.ops.conv_relu_pool_takes(x, f.conv1) \
+                and f.conv2.weight.is_contiguous(memory_format=torch.channels_last) \
+                and not features.hooked(f.conv1, f.act1, f.pool1):
+            # fp32 on a CPU: conv1, ReLU and pool in one pass (module docstring)
+            h = f.conv2(kernels.conv_relu_pool2x2(x, f.conv1))
         else:
-            h = f.conv2(f.pool1(f.act1(h)))
+            h = f.conv1(x)
+            # (pooling.fusable first: while torch.fx traces the model `h` is a Proxy, and it says no)
+            if self.fusable and pooling.fusable(h) and h.dtype == torch.bfloat16 \
+                    and not features.hooked(f.act1, f.pool1):
+                # the same values and gradients as the route below, in less time (module docstring)
+                h = pooling.relu_max_pool2x2(h, torch.contiguous_format)
+                h = F.conv2d(h, f.conv2.weight.contiguous(), f.conv2.bias)
+                h = h.contiguous(memory_format=torch.channels_last)
+            else:
+                h = f.conv2(f.pool1(f.act1(h)))
+        if self.use_kernels and _relu_pool(f.act2, f.pool2) and kernels.ops.relu_pool_takes(h) \
+                and not features.hooked(f.act2, f.pool2):
+            return self.classifier(kernels.relu_pool2x2(h))
         return self.classifier(f.pool2(f.act2(h)))
+
+
+def _relu_pool(relu: nn.Module, pool: nn.Module) -> bool:
+    """Whether `relu` then `pool` are torch's ReLU and a plain 2x2 stride-2 max-pool."""
+    return (type(relu) is nn.ReLU and type(pool) is nn.MaxPool2d and pool.kernel_size in (2, (2, 2))
+            and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
+            and not pool.ceil_mode and not pool.return_indices)
 
 
 def lenet(**kwargs) -> LeNet:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from squeezestudy import kernels
 from squeezestudy.core import allocator, fileio, machine
 from squeezestudy.core.device import bf16_supported, device_name, pick_device
 from squeezestudy.core.paths import BENCHMARKS_DIR, ensure_writable_dir
@@ -80,6 +81,9 @@ def settings_grid(name: str, device: torch.device, quick: bool, try_compile: boo
         vary(readings.STOCK, stock=True)
         if base.precision == "bf16":
             vary(f"fp32, {readings.STOCK}", precision="fp32", stock=True)
+    if device.type == "cpu" and base.precision == "fp32" and spec(bench_config(name).model).cpu_kernels \
+            and kernels.available():
+        vary(readings.TORCH_OPS, kernels=False)
     if base.micro_batch:
         vary("micro-batch off", micro_batch=0)
     else:
@@ -260,6 +264,7 @@ def main(args: argparse.Namespace) -> int:
             "tuned": bool(read_cache().get(machine_key(device))), "peaks": peaks.table(),
             "load_before": load_before, "load_after": os.getloadavg()[0],
             "forced_kernels": {k: os.environ[k] for k in FORCED_KERNELS_ENV if os.environ.get(k)},
+            "compiled_kernels": kernels.status() if device.type == "cpu" else "-",
             "steps": args.steps, "repeats": args.repeats, "allocator": allocator.keep_freed_memory()
             if device.type == "cpu" else "-"}
     table = save(out, records, meta)

@@ -41,12 +41,14 @@ class Setting:
     # the pipeline as it was before models.dropout and the fused AdamW: torch's nn.Dropout and
     # AdamW's for-loop
     stock: bool = False
+    kernels: bool = True  # False: torch's operations where the model has compiled kernels
 
     def describe(self) -> dict:
         described = {"precision": self.precision, "channels_last": self.channels_last,
                      "batch_size": self.batch_size, "micro_batch": self.micro_batch,
                      "compile": self.compile, "threads": self.threads or torch.get_num_threads()}
-        return described | ({"stock": True} if self.stock else {})
+        return (described | ({"stock": True} if self.stock else {})
+                | ({} if self.kernels else {"kernels": False}))
 
 
 # The GEMMs a peak is measured on: square products of several sizes through torch.matmul (BLAS),
@@ -227,6 +229,15 @@ def bench_config(name: str, **changes) -> TrainConfig:
     return TrainConfig(**{**fields, **changes})
 
 
+def torch_operations(model: nn.Module) -> nn.Module:
+    """`model` running torch's operations where it has compiled kernels (squeezestudy.kernels), in
+    place: the naive pipeline is what a user writes with torch alone."""
+    for module in model.modules():
+        if hasattr(module, "use_kernels"):
+            module.use_kernels = False
+    return model
+
+
 def naive_timed(config: TrainConfig, root: Path, device: torch.device, warmup: int,
                 workers: int) -> Timed:
     """The d2l way: PIL images through ToTensor (+ Resize) in a DataLoader, fp32, NCHW (with the
@@ -246,7 +257,7 @@ def naive_timed(config: TrainConfig, root: Path, device: torch.device, warmup: i
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
                                          num_workers=workers, drop_last=True)
     torch.manual_seed(0)
-    model = build_model(config).to(device)
+    model = torch_operations(build_model(config).to(device))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batches = _endless(loader)
 
@@ -278,6 +289,8 @@ def project_timed(config: TrainConfig, dataset: fmnist.FashionMNIST, device: tor
     model = build_model(config).to(device)
     if setting.stock:
         dropout.stock(model)
+    if not setting.kernels:
+        torch_operations(model)
     if setting.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config, fused=not setting.stock)

@@ -20,6 +20,7 @@ NAIVE_TARGET = 3.0
 # was checked for it and before models.dropout: the speed issue's target.
 HEADLINE_TARGET = 3 / 2
 STOCK = "torch's dropout, AdamW for-loop"  # the label of Setting(stock=True)
+TORCH_OPS = "torch's operations"  # the label of Setting(kernels=False): no compiled kernels
 HEADLINE_BEFORE = ("fp32", f"fp32, {STOCK}")  # labels of the settings it is read against
 
 

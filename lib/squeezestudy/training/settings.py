@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from squeezestudy import kernels
 from squeezestudy.core import machine
 from squeezestudy.core.device import (
     resolve_precision,
@@ -142,13 +143,15 @@ def static_choice(model: str, device: torch.device) -> Choice:
     """What `fit` uses on a machine that was never tuned, from what the machine can do
     (machine.current()) and the model (ModelSpec):
     - precision: bf16 on CUDA, and on a CPU that runs it natively (AVX-512 bf16, AMX) for the
-      models `bf16_allowed`; fp32 elsewhere (emulated bf16 is several times slower);
+      models `bf16_allowed`; fp32 elsewhere (emulated bf16 is several times slower), and on a CPU
+      for the models whose fp32 runs compiled kernels where they are built (`ModelSpec.cpu_kernels`);
     - channels_last: on, except on MPS (faster for every model measured: CPU 1.3-2x);
     - micro-batch: the model's `cpu_micro_batch` in fp32 on a CPU, whole batches in bf16, whose
       activations take half the bytes (docs/speed.md has the measurements per CPU kind);
     - threads: all of torch's."""
-    precision = resolve_precision("auto", device,
-                                  prefer_bf16=device.type == "cuda" or bf16_allowed(model))
+    kernels_here = device.type == "cpu" and spec(model).cpu_kernels and kernels.available()
+    precision = resolve_precision("auto", device, prefer_bf16=device.type == "cuda"
+                                  or (bf16_allowed(model) and not kernels_here))
     micro_batch = spec(model).cpu_micro_batch if device.type == "cpu" and precision == "fp32" else 0
     return Choice(precision, device.type != "mps", micro_batch, machine.current().threads)
 

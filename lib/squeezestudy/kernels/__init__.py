@@ -1,0 +1,14 @@
+"""Compiled CPU kernels for the operations torch runs slowly at this study's sizes.
+
+LeNet's first maps have 6 channels: torch's channels_last max-pool vectorizes over channels and
+runs a scalar loop there, and its one-input-channel convolution writes a 3.5 MB map (a batch of
+256) that ReLU and the pool then read again. `conv_pool.c` computes convolution, ReLU and pool in
+one pass, and ReLU with the pool for the second maps (`ops`). `build` compiles it on first use and
+says why where it cannot; the models fall back to torch's operations then, and where a hook or a
+tracer would miss the fused modules (`models.lenet`).
+"""
+
+from squeezestudy.kernels.build import KernelsUnavailable, available, status
+from squeezestudy.kernels.ops import conv_relu_pool2x2, relu_pool2x2
+
+__all__ = ["KernelsUnavailable", "available", "status", "conv_relu_pool2x2", "relu_pool2x2"]

@@ -1,0 +1,128 @@
+"""The compiled kernels as autograd functions, and the inputs each one takes.
+
+`relu_pool2x2(x)` is `F.max_pool2d(F.relu(x), 2)`: the same values and gradients, bit for bit (a
+window's first maximum in raster order, or its last NaN, gets the gradient, where the output is
+not <= 0). `conv_relu_pool2x2(x, conv)` is `F.max_pool2d(F.relu(conv(x)), 2)` for a convolution
+of one input channel into at most 8 (kernel at most 8x8, stride 1, no padding): the same function,
+whose sums run in another order, so its values and weight gradients differ from oneDNN's in the
+last bits (tests/test_kernels.py bounds it). Both take fp32 CPU tensors in channels_last
+(`*_takes` says which inputs) and return channels_last maps; their backward runs once (no double
+backward).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from squeezestudy.kernels import build
+
+CL = torch.channels_last
+LANES = 8  # conv_relu_pool's channel vector (CP in conv_pool.c)
+MAX_KERNEL = 8
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _cpu_fp32(x: object) -> bool:
+    return (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.dim() == 4 and x.numel() > 0)
+
+
+def _autocast(x: torch.Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch before 2.4: the CPU has its own query
+        return torch.is_autocast_cpu_enabled()
+
+
+def relu_pool_takes(x: object) -> bool:
+    """Whether `relu_pool2x2` runs the kernel for `x` (else the caller runs torch's)."""
+    return (_cpu_fp32(x) and x.is_contiguous(memory_format=CL) and x.shape[2] % 2 == 0
+            and x.shape[3] % 2 == 0 and not _autocast(x) and build.available())
+
+
+def conv_relu_pool_takes(x: object, conv: nn.Module) -> bool:
+    """Whether `conv_relu_pool2x2` runs the kernel for `x` and `conv`."""
+    if type(conv) is not nn.Conv2d or not _cpu_fp32(x) or x.requires_grad or _autocast(x):
+        return False
+    w = conv.weight
+    k = w.shape[-1]
+    return (conv.in_channels == 1 and conv.out_channels <= LANES and conv.bias is not None
+            and w.shape[-2] == k <= MAX_KERNEL and conv.stride == (1, 1) and conv.padding == (0, 0)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+            and w.device.type == "cpu" and w.dtype == torch.float32 and x.shape[1] == 1
+            and x.is_contiguous() and (x.shape[2] - k + 1) % 2 == 0 and (x.shape[3] - k + 1) % 2 == 0
+            and x.shape[2] >= k and x.shape[3] >= k and build.available())
+
+
+class _ReluPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y = torch.empty((n, c, h // 2, w // 2), memory_format=CL)
+        idx = torch.empty((n, c, h // 2, w // 2), dtype=torch.uint8, memory_format=CL)
+        if build.library().relu_pool(_ptr(x), _ptr(y), _ptr(idx), n, h, w, c, torch.get_num_threads()):
+            raise MemoryError("relu_pool2x2: out of memory")
+        ctx.save_for_backward(y, idx)
+        ctx.shape = x.shape
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor) -> torch.Tensor:
+        y, idx = ctx.saved_tensors
+        n, c, h, w = ctx.shape
+        gy = gy.contiguous(memory_format=CL)
+        gx = torch.empty((n, c, h, w), memory_format=CL)
+        build.library().relu_pool_back(_ptr(gy), _ptr(y), _ptr(idx), _ptr(gx), n, h, w, c,
+                                       torch.get_num_threads())
+        return gx
+
+
+class _ConvReluPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        c, k = weight.shape[0], weight.shape[-1]
+        hp, wp = (h - k + 1) // 2, (w - k + 1) // 2
+        wt, b = weight.detach().contiguous(), bias.detach().contiguous()
+        y = torch.empty((n, c, hp, wp), memory_format=CL)
+        idx = torch.empty((n, c, hp, wp), dtype=torch.uint8, memory_format=CL)
+        build.library().conv_relu_pool(_ptr(x), _ptr(wt), _ptr(b), _ptr(y), _ptr(idx), n, h, w, c, k,
+                                       torch.get_num_threads())
+        ctx.save_for_backward(x, y, idx)
+        ctx.meta = (n, h, w, c, k, weight.is_contiguous(memory_format=CL))
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor]:
+        x, y, idx = ctx.saved_tensors
+        n, h, w, c, k, weight_cl = ctx.meta
+        threads = torch.get_num_threads()
+        gy = gy.contiguous(memory_format=CL)
+        gw = torch.empty((threads, k * k, LANES))
+        gb = torch.empty((threads, LANES))
+        build.library().conv_relu_pool_back(_ptr(x), _ptr(gy), _ptr(y), _ptr(idx), _ptr(gw), _ptr(gb),
+                                            n, h, w, c, k, threads)
+        grad_w = gw.sum(0)[:, :c].t().reshape(c, 1, k, k)
+        return (None, grad_w.contiguous(memory_format=CL if weight_cl else torch.contiguous_format),
+                gb.sum(0)[:c].clone())
+
+
+def relu_pool2x2(x: torch.Tensor) -> torch.Tensor:
+    """ReLU then a 2x2 stride-2 max-pool (channels_last out): the kernel where it takes `x`."""
+    if relu_pool_takes(x):
+        return _ReluPool.apply(x)
+    return torch.nn.functional.max_pool2d(torch.relu(x), 2)
+
+
+def conv_relu_pool2x2(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """`conv`, ReLU, then a 2x2 stride-2 max-pool: the kernel where it takes `x` and `conv`."""
+    if conv_relu_pool_takes(x, conv):
+        return _ConvReluPool.apply(x, conv.weight, conv.bias)
+    return torch.nn.functional.max_pool2d(torch.relu(conv(x)), 2)
