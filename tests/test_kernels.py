@@ -79,30 +79,42 @@ def test_relu_pool_leaves_what_it_does_not_take_to_torch():
     assert torch.equal(kernels.relu_pool2x2(x), F.max_pool2d(F.relu(x), 2))
 
 
-def conv_case(seed=0, n=64, size=28, channels=6, k=5):
+def conv_case(seed=0, n=64, size=28, channels=6, k=5, inputs=1):
     torch.manual_seed(seed)
-    conv = nn.Conv2d(1, channels, k).to(memory_format=CL)
-    x = torch.randn(n, 1, size, size).contiguous(memory_format=CL)
+    conv = nn.Conv2d(inputs, channels, k).to(memory_format=CL)
+    x = torch.randn(n, inputs, size, size).contiguous(memory_format=CL)
     g = torch.randn(n, channels, (size - k + 1) // 2, (size - k + 1) // 2).contiguous(memory_format=CL)
     return conv, x, g
 
 
 def grads(conv, run, x, g):
     conv.zero_grad()
+    x = x.detach().requires_grad_(x.requires_grad)
     y = run(x)
     y.backward(g)
-    return y.detach(), conv.weight.grad.clone(), conv.bias.grad.clone()
+    return (y.detach(), conv.weight.grad.clone(), conv.bias.grad.clone()) + (
+        (x.grad,) if x.requires_grad else ())
+
+
+CONV_CASES = [dict(), dict(channels=8, k=3, size=12), dict(channels=1, k=8, size=9),  # one pass
+              dict(inputs=6, channels=16, size=12), dict(inputs=3, channels=5, k=3, size=10),
+              dict(inputs=8, channels=9, k=1, size=6)]  # oneDNN's forward, the pooled backward
 
 
 @needs_kernels
 @pytest.mark.parametrize("n_threads", [1, 2])
-@pytest.mark.parametrize("case", [dict(), dict(channels=8, k=3, size=12), dict(channels=1, k=8, size=9)])
-def test_conv_relu_pool_is_torchs_up_to_rounding(case, n_threads, threads):
+@pytest.mark.parametrize("input_grad", [False, True])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_relu_pool_is_torchs_up_to_rounding(case, input_grad, n_threads, threads):
     """The same function as torch's conv, ReLU and pool; its sums run in another order, so values
-    and gradients agree to float32 rounding (relative 1e-5), not bit for bit."""
+    and gradients (the input's too, where it is wanted) agree to float32 rounding (relative
+    1e-5), not bit for bit."""
     threads(n_threads)
     conv, x, g = conv_case(**case)
+    x.requires_grad_(input_grad)
     assert ops.conv_relu_pool_takes(x, conv)
+    one_pass = case.get("inputs", 1) == 1 and not input_grad
+    assert ops._one_pass(x, conv) == one_pass
     want = grads(conv, lambda t: F.max_pool2d(F.relu(conv(t)), 2), x, g)
     got = grads(conv, lambda t: kernels.conv_relu_pool2x2(t, conv), x, g)
     assert got[0].is_contiguous(memory_format=CL)
@@ -125,15 +137,17 @@ def test_conv_relu_pool_keeps_nan():
 
 def test_conv_relu_pool_leaves_what_it_does_not_take_to_torch():
     conv, x, _ = conv_case(n=2)
-    assert not ops.conv_relu_pool_takes(x.clone().requires_grad_(), conv)  # its gradient is wanted
     assert not ops.conv_relu_pool_takes(torch.randn(2, 1, 27, 27), conv)  # a 23x23 conv output
-    assert not ops.conv_relu_pool_takes(x, nn.Conv2d(1, 9, 5))  # more channels than a vector
+    assert not ops._one_pass(x, nn.Conv2d(1, 9, 5))  # more channels than a vector: the other route
+    many = torch.randn(2, 9, 12, 12).contiguous(memory_format=CL)
+    assert not ops.conv_relu_pool_takes(many, nn.Conv2d(9, 4, 5))  # more inputs than a vector
+    assert not ops.conv_relu_pool_takes(torch.randn(2, 6, 12, 12), nn.Conv2d(6, 16, 5))  # NCHW
     assert not ops.conv_relu_pool_takes(x, nn.Conv2d(1, 6, 5, padding=2))
     assert not ops.conv_relu_pool_takes(x, nn.Conv2d(1, 6, 5, bias=False))
     assert not ops.conv_relu_pool_takes(x.to(torch.float64), copy.deepcopy(conv).double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not ops.conv_relu_pool_takes(x, conv)
-    x.requires_grad_()
+    x = torch.randn(2, 1, 27, 27)
     torch.testing.assert_close(kernels.conv_relu_pool2x2(x, conv), F.max_pool2d(F.relu(conv(x)), 2))
 
 
@@ -173,14 +187,14 @@ def test_lenet_trains_the_same_with_and_without_its_kernels():
 @needs_kernels
 def test_lenet_takes_the_kernels_only_where_nothing_would_miss_them(monkeypatch):
     calls = []
-    for name in ("_ConvReluPool", "_ReluPool"):
+    for name in ("_ConvReluPool", "_ConvPooled"):
         cls = getattr(ops, name)
         monkeypatch.setattr(cls, "apply", staticmethod(
             lambda *a, _apply=cls.apply, _name=name: (calls.append(_name), _apply(*a))[1]))
     fast, plain = lenet_pair()
     x, _ = images(8)
     fast(x)
-    assert calls == ["_ConvReluPool", "_ReluPool"]
+    assert calls == ["_ConvReluPool", "_ConvPooled"]
     calls.clear()
     plain(x)  # the naive pipeline's model
     assert calls == []
@@ -188,19 +202,23 @@ def test_lenet_takes_the_kernels_only_where_nothing_would_miss_them(monkeypatch)
     handle = fast.features.act1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     fast(x)
     handle.remove()
-    assert seen == [(8, 6, 24, 24)] and calls == ["_ReluPool"]  # conv1's route left, pool2's kept
+    assert seen == [(8, 6, 24, 24)] and calls == ["_ConvPooled"]  # conv1's route left, conv2's kept
     calls.clear()
     handle = fast.features.pool2.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     fast(x)
     handle.remove()
     assert calls == ["_ConvReluPool"] and seen[-1] == (8, 16, 4, 4)
     calls.clear()
-    fast(x.clone().requires_grad_())  # a saliency map wants the input's gradient
-    nchw, _ = lenet_pair(channels_last=False)
-    nchw(x)
+    saliency = x.clone().requires_grad_()  # the input's gradient is wanted: conv1 by the other route
+    fast(saliency).sum().backward()
+    reference = x.clone().requires_grad_()
+    plain(reference).sum().backward()
+    torch.testing.assert_close(saliency.grad, reference.grad, rtol=1e-4, atol=1e-6)
+    assert calls == ["_ConvPooled", "_ConvPooled"]
+    calls.clear()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fast(x)
-    assert calls == ["_ReluPool"]  # pool2's, for the first; in NCHW or bf16 torch's ops (or its own)
+    assert calls == []  # bf16: torch's operations (and LeNet's own bf16 route)
     traced = torch.fx.symbolic_trace(fast)  # tracing sees the modules, as int8 quantization needs
     assert "features.conv1" in {n.target for n in traced.graph.nodes}
 

@@ -151,4 +151,7 @@ def test_lenet_traces_for_int8_quantization():
     names = [n.target for n in traced.graph.nodes if n.op == "call_module"]
     assert names[:4] == ["features.conv1", "features.act1", "features.pool1", "features.conv2"]
     x = torch.randn(4, 1, 28, 28)
+    model.use_kernels = False  # the eager model by torch's operations: the same, bit for bit
     assert torch.equal(traced(x), model(x))
+    model.use_kernels = True  # by the compiled kernels where built: the same up to rounding
+    torch.testing.assert_close(traced(x), model(x), rtol=1e-5, atol=1e-6)

@@ -3,9 +3,10 @@
 LeNet's first maps have 6 channels: torch's channels_last max-pool vectorizes over channels and
 runs a scalar loop there, and its one-input-channel convolution writes a 3.5 MB map (a batch of
 256) that ReLU and the pool then read again. `conv_pool.c` computes convolution, ReLU and pool in
-one pass, and ReLU with the pool for the second maps (`ops`). `build` compiles it on first use and
-says why where it cannot; the models fall back to torch's operations then, and where a hook or a
-tracer would miss the fused modules (`models.lenet`).
+one pass; for the second convolution, ReLU and pool after oneDNN's forward, and a backward that
+sums over the pooled maxima alone, where the gradient is not zero (`ops`). `build` compiles it
+on first use and says why where it cannot; the models fall back to torch's operations then, and
+where a hook or a tracer would miss the fused modules (`models.lenet`).
 """
 
 from squeezestudy.kernels.build import KernelsUnavailable, available, status

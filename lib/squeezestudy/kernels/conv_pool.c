@@ -7,6 +7,9 @@
                    no padding), its ReLU and that pool, in one pass: the conv's output is never
                    written. Its backward gives the weight and bias gradients (the input's is not
                    needed: it is the image).
+   conv_back_pooled: the backward of a convolution of Ci <= 8 channels whose output went through
+                   relu_pool: input, weight and bias gradients summed over the pooled maxima alone
+                   (a quarter of the positions at most; the gradient is zero at the others).
 
    The rules are torch's: ReLU keeps NaN; a window's maximum is its first in raster order, or its
    last NaN; the gradient goes to that element where the pooled output is not <= 0. Vectors are
@@ -173,4 +176,74 @@ void conv_relu_pool_back(const float *x, const float *gy, const float *y, const 
         memcpy(gw + t * K * K * CP, acc, sizeof(float) * (size_t)(K * K * CP));
         memcpy(gb + t * CP, &accb, sizeof accb);
     }
+}
+
+/* ---- the backward of a convolution (Ci <= 8 input channels, KxK, stride 1, no padding) whose
+   output went through relu_pool: its gradient is nonzero only at the pooled maxima, so the input
+   and weight gradients are sums over those alone (a quarter of the positions, at most) ---- */
+
+/* x: N x H x W x Ci (channels_last); w: Co x Ci x K x K (torch's layout); gy, y, idx: N x Hp x Wp x
+   Co, the pooled gradient, output and window positions (Hp = (H-K+1)/2); gx: N x H x W x Ci, or
+   NULL; gw: threads x Co x K*K x CP and gb: threads x Co, partial sums as conv_relu_pool_back's.
+   Returns 0, or -1 out of memory. */
+static v8 *vectors(long n) {  /* aligned as the vector type needs (malloc gives 16 bytes) */
+    return aligned_alloc(sizeof(v8), sizeof(v8) * (size_t)(n > 0 ? n : 1));
+}
+
+int conv_back_pooled(const float *x, const float *w, const float *gy, const float *y, const uint8_t *idx,
+                     float *gx, float *gw, float *gb, long N, long H, long W, long Ci, long Co, long K,
+                     int threads) {
+    const long Hp = (H - K + 1) / 2, Wp = (W - K + 1) / 2, KK = K * K;
+    v8 *wv = vectors(Co * KK);
+    if (!wv) return -1;
+    memset(wv, 0, sizeof(v8) * (size_t)(Co * KK));
+    for (long o = 0; o < Co; o++)
+        for (long ci = 0; ci < Ci; ci++)
+            for (long t = 0; t < KK; t++) wv[o * KK + t][ci] = w[(o * Ci + ci) * KK + t];
+    int failed = 0;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1) reduction(|:failed)
+    for (long t = 0; t < threads; t++) {
+        const long lo = N * t / threads, hi = N * (t + 1) / threads;
+        const v8 zero = {0};
+        v8 *acc = vectors(Co * KK);
+        v8 *xl = vectors(H * W), *gl = vectors(H * W);
+        float *accb = calloc((size_t)Co, sizeof(float));
+        if (!acc || !xl || !gl || !accb) { failed = 1; free(acc); free(xl); free(gl); free(accb); continue; }
+        for (long u = 0; u < Co * KK; u++) acc[u] = zero;
+        for (long n = lo; n < hi; n++) {
+            const float *xi = x + n * H * W * Ci;
+            for (long p = 0; p < H * W; p++) {  /* the image, one 8-lane vector a pixel */
+                xl[p] = zero; gl[p] = zero;
+                for (long ci = 0; ci < Ci; ci++) xl[p][ci] = xi[p * Ci + ci];
+            }
+            for (long i = 0; i < Hp; i++)
+                for (long j = 0; j < Wp; j++) {
+                    const long q = ((n * Hp + i) * Wp + j) * Co;
+                    for (long o = 0; o < Co; o++) {
+                        if (y[q + o] <= 0.f) continue;  /* ReLU's backward */
+                        const float g = gy[q + o];
+                        const long at = (2 * i + (idx[q + o] >> 1)) * W + 2 * j + (idx[q + o] & 1);
+                        const v8 *wo = wv + o * KK;
+                        v8 *ao = acc + o * KK;
+                        accb[o] += g;
+                        for (long kh = 0; kh < K; kh++)
+                            for (long kw = 0; kw < K; kw++) {
+                                const long p = at + kh * W + kw;
+                                gl[p] += g * wo[kh * K + kw];
+                                ao[kh * K + kw] += g * xl[p];
+                            }
+                    }
+                }
+            if (gx) {
+                float *go = gx + n * H * W * Ci;
+                for (long p = 0; p < H * W; p++)
+                    for (long ci = 0; ci < Ci; ci++) go[p * Ci + ci] = gl[p][ci];
+            }
+        }
+        memcpy(gw + t * Co * KK * CP, acc, sizeof(v8) * (size_t)(Co * KK));
+        memcpy(gb + t * Co, accb, sizeof(float) * (size_t)Co);
+        free(acc); free(xl); free(gl); free(accb);
+    }
+    free(wv);
+    return failed ? -1 : 0;
 }

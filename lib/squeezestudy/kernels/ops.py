@@ -3,11 +3,13 @@
 `relu_pool2x2(x)` is `F.max_pool2d(F.relu(x), 2)`: the same values and gradients, bit for bit (a
 window's first maximum in raster order, or its last NaN, gets the gradient, where the output is
 not <= 0). `conv_relu_pool2x2(x, conv)` is `F.max_pool2d(F.relu(conv(x)), 2)` for a convolution
-of one input channel into at most 8 (kernel at most 8x8, stride 1, no padding): the same function,
-whose sums run in another order, so its values and weight gradients differ from oneDNN's in the
-last bits (tests/test_kernels.py bounds it). Both take fp32 CPU tensors in channels_last
-(`*_takes` says which inputs) and return channels_last maps; their backward runs once (no double
-backward).
+of at most 8 input channels (kernel at most 8x8, stride 1, no padding): of one input channel into
+at most 8, whose input needs no gradient (LeNet's conv1), in one pass; otherwise (LeNet's conv2)
+oneDNN's forward and that pool, and a backward over the pooled maxima alone (the conv's gradient
+is zero elsewhere). Its sums run in another order than oneDNN's, so values and gradients differ
+from torch's in the last bits (tests/test_kernels.py bounds it). Both take fp32 CPU tensors in
+channels_last (`*_takes` says which inputs) and return channels_last maps; their backward runs
+once (no double backward).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ def _ptr(t: torch.Tensor) -> int:
 
 
 def _cpu_fp32(x: object) -> bool:
+    """An fp32 CPU batch of maps, in eager mode (torch.compile traces torch's operations)."""
     return (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.dim() == 4 and x.numel() > 0)
+            and x.dim() == 4 and x.numel() > 0 and not torch.compiler.is_compiling())
 
 
 def _autocast(x: torch.Tensor) -> bool:
@@ -46,27 +49,38 @@ def relu_pool_takes(x: object) -> bool:
 
 
 def conv_relu_pool_takes(x: object, conv: nn.Module) -> bool:
-    """Whether `conv_relu_pool2x2` runs the kernel for `x` and `conv`."""
-    if type(conv) is not nn.Conv2d or not _cpu_fp32(x) or x.requires_grad or _autocast(x):
+    """Whether `conv_relu_pool2x2` runs the kernels for `x` and `conv`."""
+    if type(conv) is not nn.Conv2d or not _cpu_fp32(x) or _autocast(x):
         return False
     w = conv.weight
     k = w.shape[-1]
-    return (conv.in_channels == 1 and conv.out_channels <= LANES and conv.bias is not None
-            and w.shape[-2] == k <= MAX_KERNEL and conv.stride == (1, 1) and conv.padding == (0, 0)
-            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and w.device.type == "cpu" and w.dtype == torch.float32 and x.shape[1] == 1
-            and x.is_contiguous() and (x.shape[2] - k + 1) % 2 == 0 and (x.shape[3] - k + 1) % 2 == 0
-            and x.shape[2] >= k and x.shape[3] >= k and build.available())
+    return (conv.in_channels <= LANES and conv.bias is not None and w.shape[-2] == k <= MAX_KERNEL
+            and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros" and w.device.type == "cpu"
+            and w.dtype == torch.float32 and x.shape[1] == conv.in_channels
+            and x.is_contiguous(memory_format=CL) and x.shape[2] >= k and x.shape[3] >= k
+            and (x.shape[2] - k + 1) % 2 == 0 and (x.shape[3] - k + 1) % 2 == 0 and build.available())
+
+
+def _one_pass(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """conv_pool.c's single pass: one input channel (whose gradient it does not give) into <= 8."""
+    return conv.in_channels == 1 and conv.out_channels <= LANES and not x.requires_grad
+
+
+def _relu_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooled maps and each one's window position (0-3)."""
+    n, c, h, w = x.shape
+    y = torch.empty((n, c, h // 2, w // 2), memory_format=CL)
+    idx = torch.empty((n, c, h // 2, w // 2), dtype=torch.uint8, memory_format=CL)
+    if build.library().relu_pool(_ptr(x), _ptr(y), _ptr(idx), n, h, w, c, torch.get_num_threads()):
+        raise MemoryError("relu_pool2x2: out of memory")
+    return y, idx
 
 
 class _ReluPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        y = torch.empty((n, c, h // 2, w // 2), memory_format=CL)
-        idx = torch.empty((n, c, h // 2, w // 2), dtype=torch.uint8, memory_format=CL)
-        if build.library().relu_pool(_ptr(x), _ptr(y), _ptr(idx), n, h, w, c, torch.get_num_threads()):
-            raise MemoryError("relu_pool2x2: out of memory")
+        y, idx = _relu_pool(x)
         ctx.save_for_backward(y, idx)
         ctx.shape = x.shape
         return y
@@ -114,6 +128,37 @@ class _ConvReluPool(torch.autograd.Function):
                 gb.sum(0)[:c].clone())
 
 
+class _ConvPooled(torch.autograd.Function):
+    """oneDNN's convolution, then relu_pool; the backward over the pooled maxima alone."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        conv = torch.nn.functional.conv2d(x, weight, bias).contiguous(memory_format=CL)
+        y, idx = _relu_pool(conv)
+        ctx.save_for_backward(x, weight, y, idx)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        x, weight, y, idx = ctx.saved_tensors
+        n, ci, h, w = x.shape
+        co, k = weight.shape[0], weight.shape[-1]
+        threads = torch.get_num_threads()
+        gy = gy.contiguous(memory_format=CL)
+        gx = torch.empty((n, ci, h, w), memory_format=CL) if ctx.needs_input_grad[0] else None
+        gw = torch.empty((threads, co, k * k, LANES))
+        gb = torch.empty((threads, co))
+        wt = weight.detach().contiguous()
+        if build.library().conv_back_pooled(_ptr(x), _ptr(wt), _ptr(gy), _ptr(y), _ptr(idx),
+                                            _ptr(gx) if gx is not None else None, _ptr(gw), _ptr(gb),
+                                            n, h, w, ci, co, k, threads):
+            raise MemoryError("conv_relu_pool2x2: out of memory")
+        grad_w = gw.sum(0)[:, :, :ci].permute(0, 2, 1).reshape(co, ci, k, k)
+        layout = CL if weight.is_contiguous(memory_format=CL) else torch.contiguous_format
+        return gx, grad_w.contiguous(memory_format=layout), gb.sum(0)
+
+
 def relu_pool2x2(x: torch.Tensor) -> torch.Tensor:
     """ReLU then a 2x2 stride-2 max-pool (channels_last out): the kernel where it takes `x`."""
     if relu_pool_takes(x):
@@ -122,7 +167,9 @@ def relu_pool2x2(x: torch.Tensor) -> torch.Tensor:
 
 
 def conv_relu_pool2x2(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """`conv`, ReLU, then a 2x2 stride-2 max-pool: the kernel where it takes `x` and `conv`."""
+    """`conv`, ReLU, then a 2x2 stride-2 max-pool: the kernels where they take `x` and `conv`."""
     if conv_relu_pool_takes(x, conv):
-        return _ConvReluPool.apply(x, conv.weight, conv.bias)
+        if _one_pass(x, conv):
+            return _ConvReluPool.apply(x, conv.weight, conv.bias)
+        return _ConvPooled.apply(x, conv.weight, conv.bias)
     return torch.nn.functional.max_pool2d(torch.relu(conv(x)), 2)
