@@ -129,7 +129,8 @@ def test_conv_relu_pool_is_torchs_up_to_rounding(case, input_grad, n_threads, th
 @needs_kernels
 def test_conv_relu_pool_keeps_nan():
     conv, x, g = conv_case(n=4)
-    x[1, 0, 3, 3] = float("nan")
+    x[1, 0, 3, 3] = float("nan")  # whole pooling windows of NaN
+    x[2, 0, 5, 5] = float("nan")  # and windows where only the last conv output is NaN
     want = F.max_pool2d(F.relu(conv(x)), 2)
     got = kernels.conv_relu_pool2x2(x, conv)
     assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(got).any()
