@@ -10,6 +10,6 @@ where a hook or a tracer would miss the fused modules (`models.lenet`).
 """
 
 from squeezestudy.kernels.build import KernelsUnavailable, available, status
-from squeezestudy.kernels.ops import conv_relu_pool2x2, relu_pool2x2
+from squeezestudy.kernels.ops import conv_relu_pool2x2
 
-__all__ = ["KernelsUnavailable", "available", "status", "conv_relu_pool2x2", "relu_pool2x2"]
+__all__ = ["KernelsUnavailable", "available", "status", "conv_relu_pool2x2"]

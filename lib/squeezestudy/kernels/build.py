@@ -35,7 +35,6 @@ COMPILERS = ("cc", "gcc", "clang")
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 SIGNATURES = {
     "relu_pool": ([_P, _P, _P, _L, _L, _L, _L, _I], _I),
-    "relu_pool_back": ([_P, _P, _P, _P, _L, _L, _L, _L, _I], None),
     "conv_relu_pool": ([_P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _I], None),
     "conv_relu_pool_back": ([_P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _I], None),
     "conv_back_pooled": ([_P, _P, _P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _I], _I),

@@ -2,7 +2,7 @@
    (squeezestudy.kernels explains when they are used, and how they are built and checked).
 
    relu_pool:      ReLU then a 2x2, stride-2 max-pool over NHWC (channels_last) fp32 maps, with
-                   the window position of each maximum (0-3, raster order) for the backward.
+                   the window position of each maximum (0-3, raster order) for conv_back_pooled.
    conv_relu_pool: a convolution of one input channel into C <= 8 channels (KxK, K <= 8, stride 1,
                    no padding), its ReLU and that pool, in one pass: the conv's output is never
                    written. Its backward gives the weight and bias gradients (the input's is not
@@ -56,23 +56,6 @@ static void relu_pool_rows(const float *restrict x, float *restrict y, uint8_t *
     }
 }
 
-static void relu_pool_back_rows(const float *restrict gy, const float *restrict y,
-                                const uint8_t *restrict idx, float *restrict gx, long rows, long W, long C) {
-    const long Wo = W / 2;
-    for (long r = 0; r < rows; r++) {
-        float *a = gx + 2 * r * W * C, *b = a + W * C;
-        memset(a, 0, sizeof(float) * 2 * W * C);
-        const long q0 = r * Wo * C;
-        for (long j = 0; j < Wo; j++) {
-            float *w[4] = {a + 2 * j * C, a + (2 * j + 1) * C, b + 2 * j * C, b + (2 * j + 1) * C};
-            for (long c = 0; c < C; c++) {
-                long q = q0 + j * C + c;
-                if (!(y[q] <= 0.f)) w[idx[q] & 3][c] = gy[q];
-            }
-        }
-    }
-}
-
 /* x: N x H x W x C; y, idx: N x H/2 x W/2 x C (H, W even). Returns 0, or -1 out of memory. */
 int relu_pool(const float *x, float *y, uint8_t *idx, long N, long H, long W, long C, int threads) {
     const long Q = (W / 2) * C, rows = N * (H / 2);
@@ -86,16 +69,6 @@ int relu_pool(const float *x, float *y, uint8_t *idx, long N, long H, long W, lo
     }
     free(off);
     return 0;
-}
-
-void relu_pool_back(const float *gy, const float *y, const uint8_t *idx, float *gx,
-                    long N, long H, long W, long C, int threads) {
-    const long Q = (W / 2) * C, rows = N * (H / 2);
-    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (long t = 0; t < threads; t++) {
-        long lo = rows * t / threads, hi = rows * (t + 1) / threads;
-        relu_pool_back_rows(gy + lo * Q, y + lo * Q, idx + lo * Q, gx + 2 * lo * W * C, hi - lo, W, C);
-    }
 }
 
 /* ---- one-channel convolution + ReLU + 2x2 max-pool ---- */

@@ -1,15 +1,15 @@
 """The compiled kernels as autograd functions, and the inputs each one takes.
 
-`relu_pool2x2(x)` is `F.max_pool2d(F.relu(x), 2)`: the same values and gradients, bit for bit (a
-window's first maximum in raster order, or its last NaN, gets the gradient, where the output is
-not <= 0). `conv_relu_pool2x2(x, conv)` is `F.max_pool2d(F.relu(conv(x)), 2)` for a convolution
-of at most 8 input channels (kernel at most 8x8, stride 1, no padding): of one input channel into
-at most 8, whose input needs no gradient (LeNet's conv1), in one pass; otherwise (LeNet's conv2)
-oneDNN's forward and that pool, and a backward over the pooled maxima alone (the conv's gradient
-is zero elsewhere). Its sums run in another order than oneDNN's, so values and gradients differ
-from torch's in the last bits (tests/test_kernels.py bounds it). Both take fp32 CPU tensors in
-channels_last (`*_takes` says which inputs) and return channels_last maps; their backward runs
-once (no double backward).
+`conv_relu_pool2x2(x, conv)` is `F.max_pool2d(F.relu(conv(x)), 2)` for a convolution of at most 8
+input channels (kernel at most 8x8, stride 1, no padding): of one input channel into at most 8,
+whose input needs no gradient (LeNet's conv1), in one pass; otherwise (LeNet's conv2) oneDNN's
+forward, then the compiled ReLU and pool, whose values and window positions are torch's bit for bit
+(a window's first maximum in raster order, or its last NaN), and a backward over the pooled maxima
+alone (the conv's gradient is zero elsewhere; it goes to each maximum where the output is not
+<= 0). Its sums run in another order than oneDNN's, so values and gradients differ from torch's in
+the last bits (tests/test_kernels.py bounds it). It takes fp32 CPU tensors in channels_last
+(`conv_relu_pool_takes` says which) and returns channels_last maps; its backward runs once (no
+double backward).
 """
 
 from __future__ import annotations
@@ -42,12 +42,6 @@ def _autocast(x: torch.Tensor) -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def relu_pool_takes(x: object) -> bool:
-    """Whether `relu_pool2x2` runs the kernel for `x` (else the caller runs torch's)."""
-    return (_cpu_fp32(x) and x.is_contiguous(memory_format=CL) and x.shape[2] % 2 == 0
-            and x.shape[3] % 2 == 0 and not _autocast(x) and build.available())
-
-
 def conv_relu_pool_takes(x: object, conv: nn.Module) -> bool:
     """Whether `conv_relu_pool2x2` runs the kernels for `x` and `conv`."""
     if type(conv) is not nn.Conv2d or not _cpu_fp32(x) or _autocast(x):
@@ -73,28 +67,8 @@ def _relu_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.empty((n, c, h // 2, w // 2), memory_format=CL)
     idx = torch.empty((n, c, h // 2, w // 2), dtype=torch.uint8, memory_format=CL)
     if build.library().relu_pool(_ptr(x), _ptr(y), _ptr(idx), n, h, w, c, torch.get_num_threads()):
-        raise MemoryError("relu_pool2x2: out of memory")
+        raise MemoryError("conv_relu_pool2x2: out of memory")
     return y, idx
-
-
-class _ReluPool(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        y, idx = _relu_pool(x)
-        ctx.save_for_backward(y, idx)
-        ctx.shape = x.shape
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gy: torch.Tensor) -> torch.Tensor:
-        y, idx = ctx.saved_tensors
-        n, c, h, w = ctx.shape
-        gy = gy.contiguous(memory_format=CL)
-        gx = torch.empty((n, c, h, w), memory_format=CL)
-        build.library().relu_pool_back(_ptr(gy), _ptr(y), _ptr(idx), _ptr(gx), n, h, w, c,
-                                       torch.get_num_threads())
-        return gx
 
 
 class _ConvReluPool(torch.autograd.Function):
@@ -157,13 +131,6 @@ class _ConvPooled(torch.autograd.Function):
         grad_w = gw.sum(0)[:, :, :ci].permute(0, 2, 1).reshape(co, ci, k, k)
         layout = CL if weight.is_contiguous(memory_format=CL) else torch.contiguous_format
         return gx, grad_w.contiguous(memory_format=layout), gb.sum(0)
-
-
-def relu_pool2x2(x: torch.Tensor) -> torch.Tensor:
-    """ReLU then a 2x2 stride-2 max-pool (channels_last out): the kernel where it takes `x`."""
-    if relu_pool_takes(x):
-        return _ReluPool.apply(x)
-    return torch.nn.functional.max_pool2d(torch.relu(x), 2)
 
 
 def conv_relu_pool2x2(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
