@@ -258,3 +258,90 @@ def test_a_fresh_build_loads_and_shares_torchs_openmp(fresh_build):
     assert kernels.available(), kernels.status()
     assert list(fresh_build.glob("conv_pool-*.so")) and not list(fresh_build.glob(".*"))
     assert len(build.openmp_runtimes()) == 1
+
+
+POOL_CASES = [dict(channels=96, k=7, stride=2, pool=(3, 2, True), size=28),  # the one-Fire's conv1
+              dict(channels=8, k=5, stride=1, pool=(2, 2, False), size=28),
+              dict(channels=5, k=3, stride=3, pool=(3, 3, False), size=20),  # rows read past W
+              dict(channels=3, k=8, stride=1, pool=(2, 1, True), size=13)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_conv_pool_relu_is_torchs_forward_and_gradients_up_to_rounding(case, n_threads, threads):
+    """torch's own forward, bit for bit; the weight and bias gradients, summed over the pooled
+    maxima alone, within float32 rounding of torch's, and the same bits every run."""
+    threads(n_threads)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, case["channels"], case["k"], stride=case["stride"]).to(memory_format=CL)
+    kernel, stride, ceil = case["pool"]
+    pool = nn.MaxPool2d(kernel, stride, ceil_mode=ceil)
+    x = torch.randn(32, 1, case["size"], case["size"]).contiguous(memory_format=CL)
+    g = torch.randn_like(torch.relu(pool(conv(x))))
+    assert ops.conv_pool_relu_takes(x, conv, pool)
+
+    def run(f):
+        conv.zero_grad()
+        y = f(x)
+        y.backward(g)
+        return y.detach(), conv.weight.grad.clone(), conv.bias.grad.clone()
+
+    want = run(lambda t: torch.relu(pool(conv(t))))
+    got = run(lambda t: kernels.conv_pool_relu(t, conv, pool))
+    assert torch.equal(got[0], want[0])
+    for a, b in zip(got[1:], want[1:], strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    again = run(lambda t: kernels.conv_pool_relu(t, conv, pool))
+    assert all(torch.equal(a, b) for a, b in zip(got, again, strict=True))
+
+
+def test_conv_pool_relu_leaves_what_it_does_not_take_to_torch():
+    conv, pool = nn.Conv2d(1, 96, 7, stride=2), nn.MaxPool2d(3, 2, ceil_mode=True)
+    x = torch.randn(2, 1, 28, 28)
+    assert not ops.conv_pool_relu_takes(x.clone().requires_grad_(), conv, pool)  # a saliency map
+    assert not ops.conv_pool_relu_takes(x, nn.Conv2d(1, 96, 7, stride=2, padding=1), pool)
+    assert not ops.conv_pool_relu_takes(x, nn.Conv2d(1, 96, 9, stride=2), pool)  # a kernel over 8
+    assert not ops.conv_pool_relu_takes(torch.randn(2, 2, 28, 28), nn.Conv2d(2, 96, 7), pool)
+    assert not ops.conv_pool_relu_takes(x, conv, nn.MaxPool2d(3, 2, padding=1))
+    assert not ops.conv_pool_relu_takes(x, conv, nn.AvgPool2d(3, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not ops.conv_pool_relu_takes(x, conv, pool)
+    y = x.clone().requires_grad_()
+    assert torch.equal(kernels.conv_pool_relu(y, conv, pool), torch.relu(pool(conv(y))))
+
+
+@needs_kernels
+def test_the_one_fire_squeezenet_takes_the_kernel_only_where_nothing_would_miss_it(monkeypatch):
+    from squeezestudy.models import squeezenet_fmnist
+
+    calls = []
+    apply = ops._ConvPoolRelu.apply
+    monkeypatch.setattr(ops._ConvPoolRelu, "apply",
+                        staticmethod(lambda *a: (calls.append(1), apply(*a))[1]))
+    torch.manual_seed(0)
+    fast = squeezenet_fmnist().to(memory_format=CL).eval()  # dropout off: the same logits
+    plain = torch_operations(copy.deepcopy(fast))
+    x, y = images(64)
+    for m in (fast, plain):
+        F.cross_entropy(m(x), y).backward()
+    assert len(calls) == 1
+    assert torch.equal(fast(x), plain(x))  # torch's forward, bit for bit
+    for (name, p), q in zip(fast.named_parameters(), plain.parameters(), strict=True):
+        scale = q.grad.abs().max().item()
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5 * scale, msg=name)
+        if not name.startswith("features.conv1"):
+            assert torch.equal(p.grad, q.grad), name  # the rest of the backward is torch's
+    calls.clear()
+    for name in ("conv1", "relu1", "maxpool1"):
+        handle = getattr(fast.features, name).register_forward_hook(lambda m, i, o: None)
+        fast(x)
+        handle.remove()
+    fast(x.clone().requires_grad_())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast(x)
+    torch.fx.symbolic_trace(fast)
+    assert calls == []
+    fast(x)
+    assert calls == [1]

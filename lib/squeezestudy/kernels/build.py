@@ -38,6 +38,7 @@ SIGNATURES = {
     "conv_relu_pool": ([_P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _I], None),
     "conv_relu_pool_back": ([_P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _I], None),
     "conv_back_pooled": ([_P, _P, _P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _I], _I),
+    "conv_pool_back_indexed": ([_P, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I], _I),
 }
 
 

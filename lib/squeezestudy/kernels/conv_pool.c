@@ -1,4 +1,4 @@
-/* CPU kernels for LeNet's first layers, where torch's own run slowly at this study's sizes
+/* CPU kernels for the small models' first layers, where torch's own run slowly at this study's sizes
    (squeezestudy.kernels explains when they are used, and how they are built and checked).
 
    relu_pool:      ReLU then a 2x2, stride-2 max-pool over NHWC (channels_last) fp32 maps, with
@@ -10,6 +10,8 @@
    conv_back_pooled: the backward of a convolution of Ci <= 8 channels whose output went through
                    relu_pool: input, weight and bias gradients summed over the pooled maxima alone
                    (a quarter of the positions at most; the gradient is zero at the others).
+   conv_pool_back_indexed: the weight and bias gradients of a one-input-channel convolution whose
+                   output went through torch's max-pool (its indices) and ReLU, over the maxima alone.
 
    The rules are torch's: ReLU keeps NaN; a window's maximum is its first in raster order, or its
    last NaN; the gradient goes to that element where the pooled output is not <= 0. Vectors are
@@ -218,5 +220,50 @@ int conv_back_pooled(const float *x, const float *w, const float *gy, const floa
         free(acc); free(xl); free(gl); free(accb);
     }
     free(wv);
+    return failed ? -1 : 0;
+}
+
+/* ---- the weight and bias gradients of a one-input-channel convolution (KxK, K <= 8, stride S,
+   no padding) whose output went through torch's max-pool (any window, its indices) and then ReLU:
+   sums over the pooled maxima alone ---- */
+
+/* x: N x H x W; gy, y, ind: N x P x C (channels_last; ind: torch's flat positions in each Ho x Wo
+   plane of the conv's output, Wo its width); gw: threads x C x K x CP (each kernel row in a vector,
+   its lanes past K junk); gb: threads x C. Returns 0, or -1 out of memory. */
+int conv_pool_back_indexed(const float *x, const float *gy, const float *y, const int64_t *ind, float *gw,
+                           float *gb, long N, long H, long W, long Wo, long P, long C, long K, long S,
+                           int threads) {
+    int failed = 0;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1) reduction(|:failed)
+    for (long t = 0; t < threads; t++) {
+        const long lo = N * t / threads, hi = N * (t + 1) / threads;
+        v8 *acc = vectors(C * K);
+        float *accb = calloc((size_t)C, sizeof(float));
+        if (!acc || !accb) { failed = 1; free(acc); free(accb); continue; }
+        memset(acc, 0, sizeof(v8) * (size_t)(C * K));
+        for (long n = lo; n < hi; n++) {
+            const float *xi = x + n * H * W;
+            for (long p = 0; p < P; p++) {
+                const long q = (n * P + p) * C;
+                for (long c = 0; c < C; c++) {
+                    if (y[q + c] <= 0.f) continue;  /* ReLU's backward */
+                    const float g = gy[q + c];
+                    const long at = (long)ind[q + c], oh = at / Wo, ow = at % Wo;
+                    const float *r = xi + oh * S * W + ow * S;
+                    v8 *a = acc + c * K;
+                    accb[c] += g;
+                    for (long kh = 0; kh < K; kh++) {
+                        v8 row = {0};
+                        if (ow * S + CP <= W) memcpy(&row, r + kh * W, sizeof row);  /* within the row */
+                        else for (long kw = 0; kw < K; kw++) row[kw] = r[kh * W + kw];
+                        a[kh] += g * row;
+                    }
+                }
+            }
+        }
+        memcpy(gw + t * C * K * CP, acc, sizeof(v8) * (size_t)(C * K));
+        memcpy(gb + t * C, accb, sizeof(float) * (size_t)C);
+        free(acc); free(accb);
+    }
     return failed ? -1 : 0;
 }

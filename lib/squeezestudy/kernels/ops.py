@@ -10,6 +10,11 @@ alone (the conv's gradient is zero elsewhere; it goes to each maximum where the 
 the last bits (tests/test_kernels.py bounds it). It takes fp32 CPU tensors in channels_last
 (`conv_relu_pool_takes` says which) and returns channels_last maps; its backward runs once (no
 double backward).
+
+`conv_pool_relu(x, conv, pool)` is `F.relu(pool(conv(x)))` for a convolution of one input channel
+(kernel at most 8x8, any stride, no padding) and torch's max-pool (the one-Fire SqueezeNet's conv1,
+pool and ReLU): torch's own forward, bit for bit, and the weight and bias gradients summed over the
+pooled maxima alone (torch's indices) instead of over every position of the convolution's output.
 """
 
 from __future__ import annotations
@@ -54,6 +59,22 @@ def conv_relu_pool_takes(x: object, conv: nn.Module) -> bool:
             and w.dtype == torch.float32 and x.shape[1] == conv.in_channels
             and x.is_contiguous(memory_format=CL) and x.shape[2] >= k and x.shape[3] >= k
             and (x.shape[2] - k + 1) % 2 == 0 and (x.shape[3] - k + 1) % 2 == 0 and build.available())
+
+
+def conv_pool_relu_takes(x: object, conv: nn.Module, pool: nn.Module) -> bool:
+    """Whether `conv_pool_relu` runs the kernel for `x`, `conv` and `pool` (the input's gradient is
+    not wanted: it gives the weight's and the bias's)."""
+    if type(conv) is not nn.Conv2d or type(pool) is not nn.MaxPool2d or not _cpu_fp32(x) or _autocast(x):
+        return False
+    w = conv.weight
+    k = w.shape[-1]
+    return (conv.in_channels == 1 and conv.bias is not None and w.shape[-2] == k <= MAX_KERNEL
+            and conv.stride[0] == conv.stride[1] and conv.padding == (0, 0) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros" and w.device.type == "cpu"
+            and w.dtype == torch.float32 and x.shape[1] == 1 and not x.requires_grad
+            and x.is_contiguous() and x.shape[2] >= k and x.shape[3] >= k
+            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1)) and not pool.return_indices
+            and build.available())
 
 
 def _one_pass(x: torch.Tensor, conv: nn.Conv2d) -> bool:
@@ -131,6 +152,46 @@ class _ConvPooled(torch.autograd.Function):
         grad_w = gw.sum(0)[:, :, :ci].permute(0, 2, 1).reshape(co, ci, k, k)
         layout = CL if weight.is_contiguous(memory_format=CL) else torch.contiguous_format
         return gx, grad_w.contiguous(memory_format=layout), gb.sum(0)
+
+
+class _ConvPoolRelu(torch.autograd.Function):
+    """torch's convolution, max-pool and ReLU; the weight gradient over the pooled maxima alone."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int,
+                pool: nn.MaxPool2d) -> torch.Tensor:
+        conv = torch.nn.functional.conv2d(x, weight, bias, stride=stride)
+        pooled, where = torch.nn.functional.max_pool2d(conv, pool.kernel_size, pool.stride,
+                                                       ceil_mode=pool.ceil_mode, return_indices=True)
+        y = torch.relu(pooled).contiguous(memory_format=CL)
+        ctx.save_for_backward(x, y, where.contiguous(memory_format=CL))
+        ctx.meta = (conv.shape[3], stride, weight.shape[-1], weight.is_contiguous(memory_format=CL))
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, None, None]:
+        x, y, where = ctx.saved_tensors
+        wo, stride, k, weight_cl = ctx.meta
+        n, c, hp, wp = y.shape
+        threads = torch.get_num_threads()
+        gy = gy.contiguous(memory_format=CL)
+        gw = torch.empty((threads, c, k, LANES))
+        gb = torch.empty((threads, c))
+        if build.library().conv_pool_back_indexed(_ptr(x), _ptr(gy), _ptr(y), _ptr(where), _ptr(gw),
+                                                  _ptr(gb), n, x.shape[2], x.shape[3], wo, hp * wp, c,
+                                                  k, stride, threads):
+            raise MemoryError("conv_pool_relu: out of memory")
+        grad_w = gw.sum(0)[:, :, :k].reshape(c, 1, k, k)
+        layout = CL if weight_cl else torch.contiguous_format
+        return None, grad_w.contiguous(memory_format=layout), gb.sum(0), None, None
+
+
+def conv_pool_relu(x: torch.Tensor, conv: nn.Conv2d, pool: nn.MaxPool2d) -> torch.Tensor:
+    """`conv`, `pool`, then ReLU: the kernel's backward where it takes them (`conv_pool_relu_takes`)."""
+    if conv_pool_relu_takes(x, conv, pool):
+        return _ConvPoolRelu.apply(x, conv.weight, conv.bias, conv.stride[0], pool)
+    return torch.relu(pool(conv(x)))
 
 
 def conv_relu_pool2x2(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:

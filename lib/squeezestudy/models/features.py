@@ -15,6 +15,11 @@ The modules are the ones built, in their order: the state dict, `print(model)` a
 those of an `nn.Sequential`. The pair runs in its built order where a hook is registered on
 either module (or globally), so a hook sees what it was written for, and while `torch.fx`
 traces the model (int8 quantization fuses each convolution with the ReLU after it).
+
+A convolution of one input channel before the pair (the one-Fire SqueezeNet's conv1), in fp32 on
+a CPU where `squeezestudy.kernels` is built, runs as `kernels.conv_pool_relu`: torch's forward,
+bit for bit, and the weight gradient summed over the pooled maxima alone; not where a hook is
+registered on any of the three, or `use_kernels` is False (the benchmark's naive pipeline).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.modules import module as _module
+
+from squeezestudy import kernels
 
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks")
@@ -44,11 +51,18 @@ def swappable(relu: nn.Module, pool: nn.Module, x: object) -> bool:
 class Features(nn.Sequential):
     """`nn.Sequential`, but each ReLU directly followed by a max-pool runs after it."""
 
+    use_kernels = True  # False: torch's operations only (module docstring)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = list(self)
         i = 0
         while i < len(layers):
-            if i + 1 < len(layers) and swappable(layers[i], layers[i + 1], x):
+            if self.use_kernels and i + 2 < len(layers) and swappable(layers[i + 1], layers[i + 2], x) \
+                    and kernels.ops.conv_pool_relu_takes(x, layers[i], layers[i + 2]) \
+                    and not hooked(layers[i]):
+                x = kernels.conv_pool_relu(x, layers[i], layers[i + 2])
+                i += 3
+            elif i + 1 < len(layers) and swappable(layers[i], layers[i + 1], x):
                 x = layers[i](layers[i + 1](x))  # the pool's output is new: an in-place ReLU is safe
                 i += 2
             else:

@@ -81,9 +81,9 @@ def settings_grid(name: str, device: torch.device, quick: bool, try_compile: boo
         vary(readings.STOCK, stock=True)
         if base.precision == "bf16":
             vary(f"fp32, {readings.STOCK}", precision="fp32", stock=True)
-    if device.type == "cpu" and base.precision == "fp32" and spec(bench_config(name).model).cpu_kernels \
-            and kernels.available():
-        vary(readings.TORCH_OPS, kernels=False)
+    if device.type == "cpu" and base.precision == "fp32" and kernels.available() and any(
+            hasattr(m, "use_kernels") for m in build_model(bench_config(name)).modules()):
+        vary(readings.TORCH_OPS, kernels=False)  # a model with compiled kernels: without them
     if base.micro_batch:
         vary("micro-batch off", micro_batch=0)
     else:
