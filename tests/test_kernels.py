@@ -345,3 +345,20 @@ def test_the_one_fire_squeezenet_takes_the_kernel_only_where_nothing_would_miss_
     assert calls == []
     fast(x)
     assert calls == [1]
+
+
+@needs_kernels
+def test_the_benchmark_times_torchs_operations_beside_the_kernels():
+    """Where a model's default takes compiled kernels (fp32 on a CPU), the benchmark also times it
+    without them; the naive pipeline never takes them."""
+    from squeezestudy.core import machine
+    from squeezestudy.speed import bench, pipelines, readings
+
+    with machine.simulate("avx2"):
+        for name, has in (("lenet", True), ("squeezenet_fmnist", True), ("headline", False)):
+            grid = bench.settings_grid(name, CPU, quick=True, try_compile=False)
+            off = [s for s in grid if not s.kernels]
+            assert [s.label for s in off] == ([readings.TORCH_OPS] if has else []), name
+            assert all(s.describe()["kernels"] is False for s in off)
+    model = pipelines.torch_operations(lenet())
+    assert pipelines.kernel_routes(model) == [model] and model.use_kernels is False

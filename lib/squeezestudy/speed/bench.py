@@ -38,6 +38,7 @@ from squeezestudy.speed.pipelines import (
     bench_config,
     gemm_peak,
     interleaved_rates,
+    kernel_routes,
     naive_timed,
     project_timed,
     torchvision_root,
@@ -81,8 +82,8 @@ def settings_grid(name: str, device: torch.device, quick: bool, try_compile: boo
         vary(readings.STOCK, stock=True)
         if base.precision == "bf16":
             vary(f"fp32, {readings.STOCK}", precision="fp32", stock=True)
-    if device.type == "cpu" and base.precision == "fp32" and kernels.available() and any(
-            hasattr(m, "use_kernels") for m in build_model(bench_config(name)).modules()):
+    if device.type == "cpu" and base.precision == "fp32" and kernels.available() \
+            and kernel_routes(build_model(bench_config(name))):
         vary(readings.TORCH_OPS, kernels=False)  # a model with compiled kernels: without them
     if base.micro_batch:
         vary("micro-batch off", micro_batch=0)

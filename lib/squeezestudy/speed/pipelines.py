@@ -229,12 +229,16 @@ def bench_config(name: str, **changes) -> TrainConfig:
     return TrainConfig(**{**fields, **changes})
 
 
+def kernel_routes(model: nn.Module) -> list[nn.Module]:
+    """The modules of `model` that take compiled kernels (squeezestudy.kernels) where they can."""
+    return [module for module in model.modules() if hasattr(module, "use_kernels")]
+
+
 def torch_operations(model: nn.Module) -> nn.Module:
-    """`model` running torch's operations where it has compiled kernels (squeezestudy.kernels), in
-    place: the naive pipeline is what a user writes with torch alone."""
-    for module in model.modules():
-        if hasattr(module, "use_kernels"):
-            module.use_kernels = False
+    """`model` running torch's operations where it has compiled kernels, in place: the naive
+    pipeline is what a user writes with torch alone."""
+    for module in kernel_routes(model):
+        module.use_kernels = False
     return model
 
 
