@@ -28,7 +28,9 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 
 static inline v8 sel(v8i m, v8 a, v8 b) { return (v8)(((v8i)a & m) | ((v8i)b & ~m)); }
 static inline v8i seli(v8i m, v8i a, v8i b) { return (a & m) | (b & ~m); }
-static inline float relu1(float v) { return (v > 0.f || v != v) ? v : 0.f; }
+static v8 *vectors(long n) {  /* aligned as the vector type needs (malloc gives 16 bytes) */
+    return aligned_alloc(sizeof(v8), sizeof(v8) * (size_t)(n > 0 ? n : 1));
+}
 
 /* ---- ReLU + 2x2 max-pool, NHWC ---- */
 
@@ -161,10 +163,6 @@ void conv_relu_pool_back(const float *x, const float *gy, const float *y, const 
    Co, the pooled gradient, output and window positions (Hp = (H-K+1)/2); gx: N x H x W x Ci, or
    NULL; gw: threads x Co x K*K x CP and gb: threads x Co, partial sums as conv_relu_pool_back's.
    Returns 0, or -1 out of memory. */
-static v8 *vectors(long n) {  /* aligned as the vector type needs (malloc gives 16 bytes) */
-    return aligned_alloc(sizeof(v8), sizeof(v8) * (size_t)(n > 0 ? n : 1));
-}
-
 int conv_back_pooled(const float *x, const float *w, const float *gy, const float *y, const uint8_t *idx,
                      float *gx, float *gw, float *gb, long N, long H, long W, long Ci, long Co, long K,
                      int threads) {

@@ -47,34 +47,40 @@ def _autocast(x: torch.Tensor) -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def conv_relu_pool_takes(x: object, conv: nn.Module) -> bool:
-    """Whether `conv_relu_pool2x2` runs the kernels for `x` and `conv`."""
+def _conv_fits(x: object, conv: nn.Module) -> bool:
+    """What every kernel here needs of the convolution and its input: torch's Conv2d in fp32 on a
+    CPU with a bias, a square kernel of at most 8x8, no padding, dilation or groups, and an fp32
+    CPU batch of maps no smaller than the kernel, outside autocast (whose bf16 it would ignore)."""
     if type(conv) is not nn.Conv2d or not _cpu_fp32(x) or _autocast(x):
         return False
     w = conv.weight
     k = w.shape[-1]
-    return (conv.in_channels <= LANES and conv.bias is not None and w.shape[-2] == k <= MAX_KERNEL
-            and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.dilation == (1, 1)
-            and conv.groups == 1 and conv.padding_mode == "zeros" and w.device.type == "cpu"
-            and w.dtype == torch.float32 and x.shape[1] == conv.in_channels
-            and x.is_contiguous(memory_format=CL) and x.shape[2] >= k and x.shape[3] >= k
-            and (x.shape[2] - k + 1) % 2 == 0 and (x.shape[3] - k + 1) % 2 == 0 and build.available())
+    return (conv.bias is not None and w.shape[-2] == k <= MAX_KERNEL and conv.padding == (0, 0)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+            and w.device.type == "cpu" and w.dtype == torch.float32 and x.shape[1] == conv.in_channels
+            and x.shape[2] >= k and x.shape[3] >= k and build.available())
+
+
+def conv_relu_pool_takes(x: object, conv: nn.Module) -> bool:
+    """Whether `conv_relu_pool2x2` runs the kernels for `x` and `conv`."""
+    if not _conv_fits(x, conv):
+        return False
+    k = conv.weight.shape[-1]
+    return (conv.in_channels <= LANES and conv.stride == (1, 1) and x.is_contiguous(memory_format=CL)
+            and (x.shape[2] - k + 1) % 2 == 0 and (x.shape[3] - k + 1) % 2 == 0)
 
 
 def conv_pool_relu_takes(x: object, conv: nn.Module, pool: nn.Module) -> bool:
     """Whether `conv_pool_relu` runs the kernel for `x`, `conv` and `pool` (the input's gradient is
     not wanted: it gives the weight's and the bias's)."""
-    if type(conv) is not nn.Conv2d or type(pool) is not nn.MaxPool2d or not _cpu_fp32(x) or _autocast(x):
-        return False
-    w = conv.weight
-    k = w.shape[-1]
-    return (conv.in_channels == 1 and conv.bias is not None and w.shape[-2] == k <= MAX_KERNEL
-            and conv.stride[0] == conv.stride[1] and conv.padding == (0, 0) and conv.dilation == (1, 1)
-            and conv.groups == 1 and conv.padding_mode == "zeros" and w.device.type == "cpu"
-            and w.dtype == torch.float32 and x.shape[1] == 1 and not x.requires_grad
-            and x.is_contiguous() and x.shape[2] >= k and x.shape[3] >= k
-            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1)) and not pool.return_indices
-            and build.available())
+    return (type(pool) is nn.MaxPool2d and _conv_fits(x, conv) and conv.in_channels == 1
+            and conv.stride[0] == conv.stride[1] and not x.requires_grad and x.is_contiguous()
+            and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1)) and not pool.return_indices)
+
+
+def _weight_layout(weight: torch.Tensor) -> torch.memory_format:
+    """The memory format of a weight, for its gradient."""
+    return CL if weight.is_contiguous(memory_format=CL) else torch.contiguous_format
 
 
 def _one_pass(x: torch.Tensor, conv: nn.Conv2d) -> bool:
@@ -104,14 +110,14 @@ class _ConvReluPool(torch.autograd.Function):
         build.library().conv_relu_pool(_ptr(x), _ptr(wt), _ptr(b), _ptr(y), _ptr(idx), n, h, w, c, k,
                                        torch.get_num_threads())
         ctx.save_for_backward(x, y, idx)
-        ctx.meta = (n, h, w, c, k, weight.is_contiguous(memory_format=CL))
+        ctx.meta = (n, h, w, c, k, _weight_layout(weight))
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor]:
         x, y, idx = ctx.saved_tensors
-        n, h, w, c, k, weight_cl = ctx.meta
+        n, h, w, c, k, layout = ctx.meta
         threads = torch.get_num_threads()
         gy = gy.contiguous(memory_format=CL)
         gw = torch.empty((threads, k * k, LANES))
@@ -119,8 +125,7 @@ class _ConvReluPool(torch.autograd.Function):
         build.library().conv_relu_pool_back(_ptr(x), _ptr(gy), _ptr(y), _ptr(idx), _ptr(gw), _ptr(gb),
                                             n, h, w, c, k, threads)
         grad_w = gw.sum(0)[:, :c].t().reshape(c, 1, k, k)
-        return (None, grad_w.contiguous(memory_format=CL if weight_cl else torch.contiguous_format),
-                gb.sum(0)[:c].clone())
+        return None, grad_w.contiguous(memory_format=layout), gb.sum(0)[:c].clone()
 
 
 class _ConvPooled(torch.autograd.Function):
@@ -150,8 +155,7 @@ class _ConvPooled(torch.autograd.Function):
                                             n, h, w, ci, co, k, threads):
             raise MemoryError("conv_relu_pool2x2: out of memory")
         grad_w = gw.sum(0)[:, :, :ci].permute(0, 2, 1).reshape(co, ci, k, k)
-        layout = CL if weight.is_contiguous(memory_format=CL) else torch.contiguous_format
-        return gx, grad_w.contiguous(memory_format=layout), gb.sum(0)
+        return gx, grad_w.contiguous(memory_format=_weight_layout(weight)), gb.sum(0)
 
 
 class _ConvPoolRelu(torch.autograd.Function):
@@ -165,14 +169,14 @@ class _ConvPoolRelu(torch.autograd.Function):
                                                        ceil_mode=pool.ceil_mode, return_indices=True)
         y = torch.relu(pooled).contiguous(memory_format=CL)
         ctx.save_for_backward(x, y, where.contiguous(memory_format=CL))
-        ctx.meta = (conv.shape[3], stride, weight.shape[-1], weight.is_contiguous(memory_format=CL))
+        ctx.meta = (conv.shape[3], stride, weight.shape[-1], _weight_layout(weight))
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, None, None]:
         x, y, where = ctx.saved_tensors
-        wo, stride, k, weight_cl = ctx.meta
+        wo, stride, k, layout = ctx.meta
         n, c, hp, wp = y.shape
         threads = torch.get_num_threads()
         gy = gy.contiguous(memory_format=CL)
@@ -183,7 +187,6 @@ class _ConvPoolRelu(torch.autograd.Function):
                                                   k, stride, threads):
             raise MemoryError("conv_pool_relu: out of memory")
         grad_w = gw.sum(0)[:, :, :k].reshape(c, 1, k, k)
-        layout = CL if weight_cl else torch.contiguous_format
         return None, grad_w.contiguous(memory_format=layout), gb.sum(0), None, None
 
 
